@@ -1,0 +1,77 @@
+"""Lattice transforms (shape factors) of a finite crystal.
+
+Each returns F_latt, the amplitude whose square multiplies |F_cell|^2.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+ROUND_VOLUME_FACTOR = 0.723601254558268   # sqrt of the cube/sphere volume ratio used by nanoBragg
+GAUSS_WIDTH = 0.63
+TOPHAT_RADIUS_SQR = 0.3969
+
+
+def sincg(x: torch.Tensor, N) -> torch.Tensor:
+    """Grating function sin(N x)/sin(x), equal to N at x = 0 (the C formula, term for term)."""
+    safe = torch.where(x == 0, torch.ones_like(x), x)
+    val = torch.sin(safe * N) / torch.sin(safe)
+    return torch.where(x == 0, torch.as_tensor(N, dtype=x.dtype, device=x.device).expand_as(x), val)
+
+
+def sincg_reduced(h: torch.Tensor, N) -> torch.Tensor:
+    """sin(pi N h)/sin(pi h) evaluated on the fractional part of h.
+
+    Identical to ``sincg(pi*h, N)`` in exact arithmetic but accurate in single
+    precision far from h = 0, where pi*h loses the digits that matter.
+    For integer N it is the Chebyshev polynomial U_{N-1}(cos(pi h)).
+    """
+    n = torch.round(h)
+    d = h - n
+    # sin(pi N (n + d)) = sin(pi N n) cos(pi N d) + cos(pi N n) sin(pi N d); N n reduced mod 2
+    Nn = N * n
+    Nn = Nn - 2.0 * torch.floor(Nn * 0.5)
+    num = torch.sin(math.pi * Nn) * torch.cos(math.pi * N * d) + torch.cos(math.pi * Nn) * torch.sin(math.pi * N * d)
+    sign = 1.0 - 2.0 * (n - 2.0 * torch.floor(n * 0.5))          # (-1)^n
+    den = sign * torch.sin(math.pi * d)
+    small = d == 0
+    safe_den = torch.where(small, torch.ones_like(den), den)
+    # at d == 0 the limit is N cos(pi N n) / (-1)^n
+    limit = N * torch.cos(math.pi * Nn) * sign
+    return torch.where(small, limit, num / safe_den)
+
+
+def sinc3(x: torch.Tensor) -> torch.Tensor:
+    """Fourier transform of a sphere, 3 (sin x - x cos x)/x^3, equal to 1 at x = 0."""
+    safe = torch.where(x == 0, torch.ones_like(x), x)
+    val = 3.0 * (torch.sin(safe) / safe - torch.cos(safe)) / (safe * safe)
+    return torch.where(x == 0, torch.ones_like(x), val)
+
+
+def lattice_square(h, k, l, Na, Nb, Nc, reduced: bool = False) -> torch.Tensor:
+    """Parallelepiped crystal: product of grating functions for the axes with N > 1."""
+    f = sincg_reduced if reduced else (lambda u, N: sincg(math.pi * u, N))
+    out = None
+    for u, N in ((h, Na), (k, Nb), (l, Nc)):
+        if isinstance(N, torch.Tensor) or N > 1:
+            term = f(u, N)
+            if isinstance(N, torch.Tensor):
+                term = torch.where(N > 1, term, torch.ones_like(term))
+            out = term if out is None else out * term
+    return torch.ones_like(h) if out is None else out
+
+
+def lattice_round(hrad_sqr: torch.Tensor, NaNbNc, fudge) -> torch.Tensor:
+    """Ellipsoidal crystal: N^3 * 0.7236 * sinc3(pi sqrt(hrad^2 fudge))."""
+    return NaNbNc * ROUND_VOLUME_FACTOR * sinc3(math.pi * torch.sqrt(hrad_sqr * fudge))
+
+
+def lattice_gauss(rad_star_sqr: torch.Tensor, NaNbNc, fudge) -> torch.Tensor:
+    """Gaussian spots: N^3 exp(-rad*^2 fudge / 0.63)."""
+    return NaNbNc * torch.exp(-(rad_star_sqr / GAUSS_WIDTH * fudge))
+
+
+def lattice_tophat(rad_star_sqr: torch.Tensor, NaNbNc, fudge) -> torch.Tensor:
+    """Flat-top spots: N^3 inside rad*^2 fudge < 0.3969, zero outside."""
+    return NaNbNc * (rad_star_sqr * fudge < TOPHAT_RADIUS_SQR).to(rad_star_sqr.dtype)
