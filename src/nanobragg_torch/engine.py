@@ -28,7 +28,8 @@ import torch
 
 from .physics.detector_response import capture_fraction, solid_angle
 from .physics.interpolation import tricubic_interpolate
-from .physics.lattice import (lattice_gauss, lattice_round, lattice_square, lattice_tophat)
+from .physics.lattice import (lattice_gauss, lattice_round, lattice_square, lattice_tophat, sincg,
+                              sincg_squared_reduced)
 from .physics.polarization import polarization_factor
 from .physics.rotation import rotate_axis
 
@@ -126,68 +127,107 @@ def _subpixel_positions(pb: RenderProblem, pix: torch.Tensor):
     return pos
 
 
-def _lattice_factor(pb: RenderProblem, hkl: torch.Tensor) -> torch.Tensor:
-    h, k, l = hkl[..., 0], hkl[..., 1], hkl[..., 2]
+def lattice_factor(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """F_latt for fractional Miller indices (any matching shapes)."""
     if pb.shape == "square":
         return lattice_square(h, k, l, pb.Na, pb.Nb, pb.Nc, reduced=pb.reduced_sincg)
-    hkl0 = torch.ceil(hkl - 0.5)
-    dh = hkl - hkl0
+    dh, dk, dl = h - torch.ceil(h - 0.5), k - torch.ceil(k - 0.5), l - torch.ceil(l - 0.5)
     NNN = pb.Na * pb.Nb * pb.Nc
     if pb.shape == "round":
-        hrad = dh[..., 0] ** 2 * pb.Na ** 2 + dh[..., 1] ** 2 * pb.Nb ** 2 + dh[..., 2] ** 2 * pb.Nc ** 2
+        hrad = dh * dh * pb.Na ** 2 + dk * dk * pb.Nb ** 2 + dl * dl * pb.Nc ** 2
         return lattice_round(hrad, NNN, pb.fudge)
-    dstar = dh @ pb.recip                                        # (..., 3) 1/Angstrom
-    rad = (dstar * dstar).sum(-1) * pb.Na ** 2 * pb.Nb ** 2 * pb.Nc ** 2
+    r = pb.recip                                                  # rows a*, b*, c* (1/Angstrom)
+    dx = dh * r[0, 0] + dk * r[1, 0] + dl * r[2, 0]
+    dy = dh * r[0, 1] + dk * r[1, 1] + dl * r[2, 1]
+    dz = dh * r[0, 2] + dk * r[1, 2] + dl * r[2, 2]
+    rad = (dx * dx + dy * dy + dz * dz) * pb.Na ** 2 * pb.Nb ** 2 * pb.Nc ** 2
     if pb.shape == "gauss":
         return lattice_gauss(rad, NNN, pb.fudge)
     return lattice_tophat(rad, NNN, pb.fudge)
 
 
-def _nearest_F(pb: RenderProblem, hkl: torch.Tensor) -> torch.Tensor:
+def lattice_factor_sq(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """F_latt^2, with a cheaper path for the parallelepiped crystal and plain integer N."""
+    plain = not any(isinstance(N, torch.Tensor) for N in (pb.Na, pb.Nb, pb.Nc))
+    if pb.shape != "square" or not plain:
+        f = lattice_factor(pb, h, k, l)
+        return f * f
+    out = None
+    grad = h.requires_grad
+    for u, N in ((h, pb.Na), (k, pb.Nb), (l, pb.Nc)):
+        if N <= 1:
+            continue
+        if pb.reduced_sincg:
+            f2 = sincg_squared_reduced(u, N)
+        elif grad:
+            f2 = sincg(math.pi * u, N) ** 2
+        else:
+            x = math.pi * u
+            f2 = torch.where(x == 0, torch.full_like(x, float(N)), torch.sin(x * N) / torch.sin(x)) ** 2
+        out = f2 if out is None else out * f2
+    return torch.ones_like(h) if out is None else out
+
+
+def nearest_F(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Structure factor of the nearest grid point (default_F outside the grid or without a grid)."""
     if pb.hkls == 0 or pb.F_grid is None:
-        return pb.default_F.expand(hkl.shape[:-1])
-    hkl0 = torch.ceil(hkl - 0.5)
-    lo = torch.tensor(pb.hkl_min, dtype=hkl.dtype, device=hkl.device)
-    hi = torch.tensor(pb.hkl_max, dtype=hkl.dtype, device=hkl.device)
-    inside = ((hkl0 >= lo) & (hkl0 <= hi)).all(-1)
-    idx = (hkl0 - lo).long()
+        return pb.default_F.expand(h.shape)
     H, K, L = pb.F_shape
-    flat = (idx[..., 0] * K + idx[..., 1]) * L + idx[..., 2]
-    flat = torch.where(inside, flat, torch.zeros_like(flat))
+    inside = None
+    flat = None
+    for u, lo, hi, stride in ((h, pb.hkl_min[0], pb.hkl_max[0], K * L), (k, pb.hkl_min[1], pb.hkl_max[1], L),
+                              (l, pb.hkl_min[2], pb.hkl_max[2], 1)):
+        u0 = torch.ceil(u - 0.5)
+        ok = (u0 >= lo) & (u0 <= hi)
+        idx = (u0 - lo).clamp(0, hi - lo).long() * stride
+        inside = ok if inside is None else inside & ok
+        flat = idx if flat is None else flat + idx
     vals = pb.F_grid[flat]
     return torch.where(inside, vals, pb.default_F.to(vals.dtype))
 
 
-def _interp_out_of_range(pb: RenderProblem, hkl: torch.Tensor) -> torch.Tensor:
-    lo = torch.tensor(pb.hkl_min, dtype=hkl.dtype, device=hkl.device)
-    rng = torch.tensor([mx - mn + 1 for mn, mx in zip(pb.hkl_min, pb.hkl_max)], dtype=hkl.dtype, device=hkl.device)
-    return ((hkl - lo + 3 > rng) | (hkl - 2 < lo)).any(-1)
+def interp_out_of_range(pb: RenderProblem, h, k, l) -> torch.Tensor:
+    """The C's test for a 4x4x4 neighbourhood leaving the grid."""
+    out = None
+    for u, lo, hi in ((h, pb.hkl_min[0], pb.hkl_max[0]), (k, pb.hkl_min[1], pb.hkl_max[1]),
+                      (l, pb.hkl_min[2], pb.hkl_max[2])):
+        rng = hi - lo + 1
+        o = (u - lo + 3 > rng) | (u - 2 < lo)
+        out = o if out is None else out | o
+    return out
 
 
-def _structure_factor(pb: RenderProblem, hkl: torch.Tensor, evaluated: torch.Tensor, state: RenderState):
-    """F_cell for every evaluation (E..., M), honouring the interpolation switch-off rule."""
+def structure_factor(pb: RenderProblem, h, k, l, evaluated: torch.Tensor, state: RenderState):
+    """F_cell for every evaluation, honouring the C's interpolation switch-off rule.
+
+    The first evaluation (in loop order) whose neighbourhood leaves the grid
+    turns interpolation off for itself and everything after it.
+    """
     if not state.interpolate:
-        return _nearest_F(pb, hkl)
-    oob = _interp_out_of_range(pb, hkl) & evaluated
+        return nearest_F(pb, h, k, l)
+    oob = interp_out_of_range(pb, h, k, l) & evaluated
     flat_oob = oob.reshape(-1)
     n = flat_oob.numel()
     if bool(flat_oob.any()):
         first = int(torch.argmax(flat_oob.to(torch.int8)))
         state.interpolate = False
-        h, k, l = hkl.reshape(-1, 3)[first].tolist()
-        state.oob_warning = (h, k, l)
-        use_interp = (torch.arange(n, device=hkl.device) < first).reshape(oob.shape)
+        state.oob_warning = (float(h.reshape(-1)[first]), float(k.reshape(-1)[first]), float(l.reshape(-1)[first]))
+        use_interp = torch.arange(n, device=h.device) < first
     else:
-        use_interp = torch.ones_like(oob)
-    F = _nearest_F(pb, hkl)
+        use_interp = torch.ones(n, dtype=torch.bool, device=h.device)
+    F = nearest_F(pb, h, k, l).reshape(-1)
     if bool(use_interp.any()):
-        sel = use_interp.reshape(-1)
-        hk = hkl.reshape(-1, 3)[sel]
-        Fi = tricubic_interpolate(pb.F_grid, pb.F_shape, pb.hkl_min, hk[:, 0], hk[:, 1], hk[:, 2])
-        F = F.reshape(-1).clone()
-        F[sel] = Fi.to(F.dtype)
-        F = F.reshape(oob.shape)
-    return F
+        Fi = tricubic_interpolate(pb.F_grid, pb.F_shape, pb.hkl_min, h.reshape(-1)[use_interp],
+                                  k.reshape(-1)[use_interp], l.reshape(-1)[use_interp])
+        F = F.clone()
+        F[use_interp] = Fi.to(F.dtype)
+    return F.reshape(h.shape)
+
+
+def miller_indices(pb: RenderProblem, q: torch.Tensor, lattices: Optional[torch.Tensor] = None):
+    """h, k, l (each (E, M)) for scattering vectors q (E, 3) and lattices (M, 3, 3)."""
+    lat = pb.lattices if lattices is None else lattices
+    return tuple(q @ lat[:, r, :].transpose(0, 1) for r in range(3))
 
 
 def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
@@ -208,64 +248,85 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
 
     # capture fraction of each layer; cached value: first sub-pixel of the last layer
     if pb.thickness_on:
-        parallax = (diffracted * pb.odet).sum(-1)                      # (P,T,O,O)
-        layer = torch.arange(T, dtype=pos.dtype, device=pos.device).view(1, T, 1, 1)
-        capture = capture_fraction(layer, pb.thickstep, pb.mu, parallax)
+        if pb.oversample_thick:
+            parallax = (diffracted * pb.odet).sum(-1)                  # (P,T,O,O)
+            layer = torch.arange(T, dtype=pos.dtype, device=pos.device).view(1, T, 1, 1)
+            capture = capture_fraction(layer, pb.thickstep, pb.mu, parallax)
+            capture_cached = None
+        else:
+            parallax = (diffracted[:, T - 1, 0, 0] * pb.odet).sum(-1)   # (P,)
+            capture_cached = capture_fraction(float(T - 1), pb.thickstep, pb.mu, parallax)
     else:
-        capture = torch.ones_like(airpath)
+        capture = capture_cached = None
 
     # scattering vectors for every source
     q = (diffracted.unsqueeze(-2) - pb.incident) / pb.wavelength.unsqueeze(-1)   # (P,T,O,O,S,3)
     S = q.shape[-2]
+    E0 = P * T * O * O * S
     if pb.dmin > 0:
         stol = 0.5 * torch.linalg.vector_norm(q, dim=-1)
         keep = ~((stol > 0) & (pb.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
     else:
-        keep = torch.ones(q.shape[:-1], dtype=torch.bool, device=q.device)  # (P,T,O,O,S)
+        keep = None                                                   # every (P,T,O,O,S) is evaluated
 
     # polarization
+    polar_each = polar_cached = None
     if pb.nopolar:
         polar_cached = torch.ones(P, dtype=pos.dtype, device=pos.device)
-        polar_each = None
     else:
-        inc = pb.incident.expand(P, T, O, O, S, 3)
-        dif = diffracted.unsqueeze(-2).expand(P, T, O, O, S, 3)
         if pb.oversample_polar:
-            polar_each = polarization_factor(pb.kahn, inc, dif, pb.polar_vector)        # (P,T,O,O,S)
-            polar_cached = None
+            dif = diffracted.unsqueeze(-2).expand(P, T, O, O, S, 3)
+            polar_each = polarization_factor(pb.kahn, pb.incident.expand_as(dif), dif, pb.polar_vector)
         else:
-            polar_each = None
-            kf = keep.reshape(P, -1)
-            first = torch.argmax(kf.to(torch.int8), dim=1)                             # (P,)
-            anyk = kf.any(dim=1)
-            i_sel = inc.reshape(P, -1, 3)[torch.arange(P), first]
-            d_sel = dif.reshape(P, -1, 3)[torch.arange(P), first]
+            if keep is None:
+                first = torch.zeros(P, dtype=torch.long, device=pos.device)
+                anyk = None
+            else:
+                kf = keep.reshape(P, -1)
+                first = torch.argmax(kf.to(torch.int8), dim=1)                         # (P,)
+                anyk = kf.any(dim=1)
+            sub_first = torch.div(first, S, rounding_mode="floor")
+            d_sel = diffracted.reshape(P, -1, 3)[torch.arange(P, device=pos.device), sub_first]
+            i_sel = pb.incident[first % S]
             polar_cached = polarization_factor(pb.kahn, i_sel, d_sel, pb.polar_vector)
-            polar_cached = torch.where(anyk, polar_cached, torch.zeros_like(polar_cached))
+            if anyk is not None:
+                polar_cached = torch.where(anyk, polar_cached, torch.zeros_like(polar_cached))
 
-    # Miller indices for every lattice orientation
-    M = pb.lattices.shape[0]
-    hkl = torch.einsum("...c,mrc->...mr", q, pb.lattices)             # (P,T,O,O,S,M,3)
+    # Miller indices for every lattice orientation: (E0, M) each
+    q = q.reshape(E0, 3)
+    h, k, l = miller_indices(pb, q)
+    M = h.shape[1]
     if pb.lattices_first is not None and not state.first_done:
-        kf = keep.reshape(-1)
-        if bool(kf.any()):
-            first = int(torch.argmax(kf.to(torch.int8)))
-            q_first = q.reshape(-1, 3)[first]
-            hkl_first = torch.einsum("c,mrc->mr", q_first, pb.lattices_first)
-            hkl = hkl.reshape(-1, M, 3).clone()
-            hkl[first] = hkl_first
-            hkl = hkl.reshape(P, T, O, O, S, M, 3)
+        first = 0 if keep is None else (int(torch.argmax(keep.reshape(-1).to(torch.int8)))
+                                        if bool(keep.any()) else None)
+        if first is not None:
+            hf, kf_, lf = miller_indices(pb, q[first:first + 1], pb.lattices_first)
+            h, k, l = h.clone(), k.clone(), l.clone()
+            h[first], k[first], l[first] = hf[0], kf_[0], lf[0]
             state.first_done = True
 
-    F_latt = _lattice_factor(pb, hkl)                                  # (P,T,O,O,S,M)
-    evaluated = keep.unsqueeze(-1) & ((F_latt != 0) | pb.water)
-    F_cell = _structure_factor(pb, hkl, evaluated, state)
-    term = F_cell * F_cell * F_latt * F_latt
-    term = torch.where(keep.unsqueeze(-1), term, torch.zeros_like(term))
-
-    if not (pb.oversample_thick or pb.oversample_polar or pb.oversample_omega):
-        I = pb.I_bg + term.reshape(P, -1).sum(-1)
+    F2_latt = lattice_factor_sq(pb, h, k, l)                           # (E0, M)
+    simple = not (pb.oversample_thick or pb.oversample_polar or pb.oversample_omega)
+    if not state.interpolate and (pb.hkls == 0 or pb.F_grid is None):
+        F_cell = None                                                  # constant default_F
     else:
+        evaluated = (F2_latt != 0) | pb.water
+        if keep is not None:
+            evaluated = evaluated & keep.reshape(E0, 1)
+        F_cell = structure_factor(pb, h, k, l, evaluated, state)
+    term = F2_latt if F_cell is None else F_cell * F_cell * F2_latt
+    if keep is not None:
+        term = torch.where(keep.reshape(E0, 1), term, torch.zeros_like(term))
+
+    if simple:
+        I = term.reshape(P, -1).sum(-1)
+        if F_cell is None:
+            I = I * (pb.default_F * pb.default_F)
+        I = pb.I_bg + I
+    else:
+        if F_cell is None:
+            term = term * (pb.default_F * pb.default_F)
+        term = term.reshape(P, T, O, O, S, M)
         fac = torch.ones_like(term)
         if pb.oversample_thick:
             fac = fac * capture[..., None, None]
@@ -273,13 +334,16 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
             fac = fac * polar_each[..., None]
         if pb.oversample_omega:
             fac = fac * omega[..., None, None]
+        evaluated = ((F2_latt != 0) | pb.water).reshape(P, T, O, O, S, M)
+        if keep is not None:
+            evaluated = evaluated & keep.unsqueeze(-1)
         fac = torch.where(evaluated, fac, torch.ones_like(fac)).reshape(P, -1)
         suffix = torch.flip(torch.cumprod(torch.flip(fac, [1]), dim=1), [1])   # prod_{e' >= e}
         I = pb.I_bg * suffix[:, 0] + (term.reshape(P, -1) * suffix).sum(-1)
 
     value = pb.r_e_sqr * pb.fluence * I / pb.steps
-    if not pb.oversample_thick:
-        value = value * capture[:, T - 1, 0, 0]
+    if not pb.oversample_thick and capture_cached is not None:
+        value = value * capture_cached
     if not pb.oversample_polar:
         value = value * polar_cached
     if not pb.oversample_omega:
@@ -290,7 +354,9 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
 def choose_chunk(pb: RenderProblem, max_elements: int) -> int:
     per_pixel = pb.thicksteps * pb.oversample ** 2 * pb.incident.shape[0] * pb.lattices.shape[0]
     if pb.interpolate:
-        per_pixel *= 24
+        per_pixel *= 48                 # the 4x4x4 neighbourhoods
+    if pb.oversample_thick or pb.oversample_polar or pb.oversample_omega:
+        per_pixel *= 4
     return max(1, int(max_elements // max(per_pixel, 1)))
 
 

@@ -102,6 +102,13 @@ def prepare(crystal: CrystalConfig, detector: DetectorConfig, beam: BeamConfig,
                     pixels=rendered_pixels(detector, device), xtal_size=sizes)
 
 
+def _plain(x, conv):
+    """A Python float unless x carries a gradient (plain numbers select cheaper kernels)."""
+    if isinstance(x, torch.Tensor) and x.requires_grad:
+        return conv(x)
+    return float(x)
+
+
 def build_problem(prep: Prepared, crystal: CrystalConfig, detector: DetectorConfig, beam: BeamConfig,
                   sf: StructureFactorConfig, options: SimulationOptions) -> RenderProblem:
     dt = _dtype(options.dtype)
@@ -132,7 +139,7 @@ def build_problem(prep: Prepared, crystal: CrystalConfig, detector: DetectorConf
         polar_vector=c(Beam(beam).polar_vector(torch.float64)), kahn=c(beam.polarization), nopolar=beam.nopolar,
         lattices=c(lat_all), lattices_first=None if lat_first is None else c(lat_first),
         recip=c(prep.lattice.reciprocal_matrix()),
-        Na=c(prep.N[0]), Nb=c(prep.N[1]), Nc=c(prep.N[2]), shape=crystal.shape, fudge=c(crystal.fudge),
+        Na=_plain(prep.N[0], c), Nb=_plain(prep.N[1], c), Nc=_plain(prep.N[2], c), shape=crystal.shape, fudge=c(crystal.fudge),
         F_grid=F_grid, F_shape=F_shape, hkl_min=tuple(sf.hkl_min), hkl_max=tuple(sf.hkl_max),
         hkls=sf.hkls, default_F=c(sf.default_F), interpolate=bool(sf.interpolate and sf.hkls > 0),
         fluence=c(beam.fluence), r_e_sqr=R_E_SQR, steps=prep.steps, I_bg=c(prep.I_bg),

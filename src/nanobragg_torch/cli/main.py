@@ -231,13 +231,14 @@ def write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path):
     print("max_I = %g  at %g %g" % (max_I, mx, my), file=out)
     print("mean= %g rms= %g rmsd= %g" % (avg, rms, rmsd), file=out)
     orgx, orgy = geo.orgx_orgy(det.pixel_size)
-    header = smv_header_values(
+    header_args = dict(
         fpixels=F, spixels=S, pixel_size_m=det.pixel_size, distance_m=float(geo.distance),
         wavelength_m=st.beam.wavelength, Xbeam_m=det.Xbeam, Ybeam_m=det.Ybeam,
         Fbeam_m=float(geo.Fbeam), Sbeam_m=float(geo.Sbeam), detsize_s_m=det.size_s(),
         dials_origin_mm=[float(v) for v in geo.dials_origin_mm()], orgx=float(orgx), orgy=float(orgy),
         close_distance_m=float(geo.close_distance), phi0_rad=st.crystal.phi0, osc_rad=st.crystal.osc,
         twotheta_rad=det.twotheta)
+    header = smv_header_values(**header_args)
     intimg, scale = int_image(img32, f.intfile_scale, f.adc_offset, det.roi, max_I=max_I)
     print("intfile_scale = %g" % scale, file=out)
     print("writing %s as 2-byte integers" % f.intfilename, file=out)
@@ -252,7 +253,7 @@ def write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path):
         noise, photons, overloads = st.rng.noise_image(img32, SeedStream(st.noise_seed), det.roi, f.adc_offset)
         print("%.0f photons on noise image (%d overloads)" % (photons, overloads), file=out)
         print("writing %s as 2-byte integers" % f.noisefilename, file=out)
-        write_smv(path(f.noisefilename), noise, header)
+        write_smv(path(f.noisefilename), noise, smv_header_values(**header_args, noise_file=True))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

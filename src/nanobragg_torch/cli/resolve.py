@@ -53,9 +53,14 @@ class Setup:
 
 def _header_ingest(f: RawFlags, path: str, kind: str):
     """Apply an SMV file's header the way the C does for -img / -mask; return its pixels."""
-    from ..io.smv import read_smv_header_and_data
-    header_text, data = read_smv_header_and_data(path)
-    from ..io.smv import header_value
+    from ..io.smv import header_value, read_smv, read_smv_header
+    try:
+        header_text = read_smv_header(path)
+        _, data = read_smv(path)
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read -{kind} file ({e.strerror})") from None
+    except ValueError as e:
+        raise InputFileError(f"-{kind} {e}") from None
     spix, fpix = data.shape
     f.fpixels, f.spixels = fpix, spix
     v = header_value(header_text, "PIXEL_SIZE")

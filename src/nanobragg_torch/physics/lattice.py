@@ -21,25 +21,36 @@ def sincg(x: torch.Tensor, N) -> torch.Tensor:
 
 
 def sincg_reduced(h: torch.Tensor, N) -> torch.Tensor:
-    """sin(pi N h)/sin(pi h) evaluated on the fractional part of h.
+    """sin(pi N h)/sin(pi h) evaluated on the fractional part d = h - round(h).
 
-    Identical to ``sincg(pi*h, N)`` in exact arithmetic but accurate in single
-    precision far from h = 0, where pi*h loses the digits that matter.
-    For integer N it is the Chebyshev polynomial U_{N-1}(cos(pi h)).
+    Equal to ``sincg(pi*h, N)`` in exact arithmetic but accurate in single
+    precision, where pi*h loses the digits that matter near integer h.  For a
+    plain integer N the sign factor (-1)^(n(N-1)) is applied exactly; for a
+    tensor N (continuous, differentiable) sin(pi N (n + d)) is expanded.
     """
     n = torch.round(h)
     d = h - n
-    # sin(pi N (n + d)) = sin(pi N n) cos(pi N d) + cos(pi N n) sin(pi N d); N n reduced mod 2
-    Nn = N * n
-    Nn = Nn - 2.0 * torch.floor(Nn * 0.5)
-    num = torch.sin(math.pi * Nn) * torch.cos(math.pi * N * d) + torch.cos(math.pi * Nn) * torch.sin(math.pi * N * d)
-    sign = 1.0 - 2.0 * (n - 2.0 * torch.floor(n * 0.5))          # (-1)^n
-    den = sign * torch.sin(math.pi * d)
-    small = d == 0
-    safe_den = torch.where(small, torch.ones_like(den), den)
-    # at d == 0 the limit is N cos(pi N n) / (-1)^n
-    limit = N * torch.cos(math.pi * Nn) * sign
-    return torch.where(small, limit, num / safe_den)
+    den = torch.sin(math.pi * d)
+    if isinstance(N, torch.Tensor):
+        Nn = N * n
+        Nn = Nn - 2.0 * torch.floor(Nn * 0.5)                 # N n mod 2, exact for the sine below
+        num = torch.sin(math.pi * Nn) * torch.cos(math.pi * N * d) + torch.cos(math.pi * Nn) * torch.sin(math.pi * N * d)
+        sign = 1.0 - 2.0 * (n - 2.0 * torch.floor(n * 0.5))   # (-1)^n
+        limit = N * torch.cos(math.pi * Nn) * sign
+        return torch.where(den == 0, limit, num * sign / torch.where(den == 0, torch.ones_like(den), den))
+    num = torch.sin((math.pi * N) * d)
+    val = torch.where(den == 0, torch.full_like(den, float(N)), num / den)
+    if int(N) % 2 == 0:                                      # (-1)^(n (N-1)) = (-1)^n for even N
+        val = val * (1.0 - 2.0 * torch.remainder(n, 2.0))
+    return val
+
+
+def sincg_squared_reduced(h: torch.Tensor, N) -> torch.Tensor:
+    """(sin(pi N h)/sin(pi h))^2 for a plain integer N: the sign is not needed."""
+    d = h - torch.round(h)
+    den = torch.sin(math.pi * d)
+    num = torch.sin((math.pi * N) * d)
+    return torch.where(den == 0, torch.full_like(den, float(N) ** 2), (num / den) ** 2)
 
 
 def sinc3(x: torch.Tensor) -> torch.Tensor:

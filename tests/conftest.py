@@ -1,0 +1,66 @@
+"""Shared fixtures: the golden suite (../shared/golden) rendered once per session."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+
+
+def golden_dir() -> Path:
+    """The golden folder; a missing folder fails under CI=true and skips elsewhere."""
+    if not (GOLDEN / "cases.json").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"golden reference folder missing: {GOLDEN} (required in CI)")
+        pytest.skip(f"golden reference folder missing: {GOLDEN}")
+    return GOLDEN
+
+
+def golden_cases() -> dict:
+    if not (GOLDEN / "cases.json").is_file():
+        return {}
+    return json.loads((GOLDEN / "cases.json").read_text())
+
+
+def run_cli(args, workdir: Path):
+    """Run the nanoBragg command line in-process in ``workdir``; returns (rc, stdout text)."""
+    from nanobragg_torch.cli.main import run
+    out = io.StringIO()
+    rc = run(list(args), out=out, cwd=str(workdir))
+    return rc, out.getvalue()
+
+
+class GoldenRunner:
+    """Renders each (case, extra flags) combination once and keeps the outputs."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.cache = {}
+
+    def render(self, case: str, extra=()):
+        key = (case, tuple(extra))
+        if key not in self.cache:
+            g = golden_dir()
+            args = shlex.split(golden_cases()[case]["args"])
+            work = self.root / f"{case}{abs(hash(tuple(extra))) % 100000}"
+            work.mkdir(parents=True, exist_ok=True)
+            if not (work / "inputs").exists():
+                os.symlink(g / "inputs", work / "inputs")
+            argv = args + ["-floatfile", "float.bin", "-noprogress"] + list(extra)
+            rc, text = run_cli(argv, work)
+            assert rc == 0, text
+            img = np.fromfile(work / "float.bin", dtype="<f4")
+            self.cache[key] = (work, img, text)
+        return self.cache[key]
+
+
+@pytest.fixture(scope="session")
+def golden_runner(tmp_path_factory):
+    golden_dir()
+    return GoldenRunner(tmp_path_factory.mktemp("golden"))
