@@ -189,6 +189,9 @@ def run(argv: List[str], out=None, cwd: str = ".") -> int:
         from ..tools.progress import ProgressBar
         progress = ProgressBar(out)
     pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
+    if f.trace_pixel is not None:
+        from ..tools.trace import trace_pixel
+        trace_pixel(st, prep, pb, out, json_path=(path(f.trace_json) if f.trace_json else None))
     with torch.no_grad():
         res = render(pb, st.options.max_chunk_elements, progress=progress)
     if progress is not None:

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create a fresh virtual environment, install nanobragg-torch with its test dependencies, run the tests.
+# Usage: scripts/run_tests.sh [pytest args]      (VENV=path to choose where the environment goes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv-test}"
+rm -rf "$VENV"
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# the CPU build of torch pinned here; the package itself accepts torch>=2.3
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
