@@ -146,6 +146,16 @@ def lattice_factor(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: torch
     return lattice_tophat(rad, NNN, pb.fudge)
 
 
+def _sincg_sq_inplace(u: torch.Tensor, N: float) -> torch.Tensor:
+    """(sin(pi N d)/sin(pi d))^2, d = u - round(u), with few temporaries (no autograd)."""
+    d = torch.round(u)
+    torch.sub(u, d, out=d)
+    d.mul_(math.pi)
+    den = torch.sin(d)
+    num = d.mul_(float(N)).sin_()
+    return num.div_(den).nan_to_num_(nan=float(N)).square_()
+
+
 def lattice_factor_sq(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     """F_latt^2, with a cheaper path for the parallelepiped crystal and plain integer N."""
     plain = not any(isinstance(N, torch.Tensor) for N in (pb.Na, pb.Nb, pb.Nc))
@@ -153,18 +163,20 @@ def lattice_factor_sq(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: to
         f = lattice_factor(pb, h, k, l)
         return f * f
     out = None
-    grad = h.requires_grad
+    grad = torch.is_grad_enabled() and (h.requires_grad or k.requires_grad or l.requires_grad)
     for u, N in ((h, pb.Na), (k, pb.Nb), (l, pb.Nc)):
         if N <= 1:
             continue
-        if pb.reduced_sincg:
+        if not grad and pb.reduced_sincg:
+            f2 = _sincg_sq_inplace(u, N)
+        elif pb.reduced_sincg:
             f2 = sincg_squared_reduced(u, N)
         elif grad:
             f2 = sincg(math.pi * u, N) ** 2
         else:
             x = math.pi * u
             f2 = torch.where(x == 0, torch.full_like(x, float(N)), torch.sin(x * N) / torch.sin(x)) ** 2
-        out = f2 if out is None else out * f2
+        out = f2 if out is None else (out.mul_(f2) if not grad else out * f2)
     return torch.ones_like(h) if out is None else out
 
 
@@ -368,16 +380,19 @@ def render(pb: RenderProblem, max_elements: int = 1 << 21,
     dev = pb.fdet.device
     n = pb.pixels.shape[0]
     chunk = choose_chunk(pb, max_elements)
-    values = []
+    flat = torch.zeros(pb.spixels * pb.fpixels, dtype=dtype, device=dev)
     omega_sum = torch.zeros((), dtype=dtype, device=dev)
+    graph_values = []                                 # chunks that carry gradients
     for start in range(0, n, chunk):
         pix = pb.pixels[start:start + chunk]
         v, osum = render_chunk(pb, pix, state)
-        values.append(v)
+        if v.requires_grad:
+            graph_values.append(v)
+        else:
+            flat[pix] = v
         omega_sum = omega_sum + osum
         if progress is not None:
             progress(min(start + chunk, n), n)
-    flat = torch.zeros(pb.spixels * pb.fpixels, dtype=dtype, device=dev)
-    if n:
-        flat = flat.index_put((pb.pixels,), torch.cat(values))
+    if graph_values:
+        flat = flat.index_put((pb.pixels,), torch.cat(graph_values))   # one out-of-place scatter
     return RenderResult(image=flat.reshape(pb.spixels, pb.fpixels), omega_sum=omega_sum, state=state)

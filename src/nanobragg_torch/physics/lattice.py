@@ -50,7 +50,8 @@ def sincg_squared_reduced(h: torch.Tensor, N) -> torch.Tensor:
     d = h - torch.round(h)
     den = torch.sin(math.pi * d)
     num = torch.sin((math.pi * N) * d)
-    return torch.where(den == 0, torch.full_like(den, float(N) ** 2), (num / den) ** 2)
+    safe = torch.where(den == 0, torch.ones_like(den), den)   # no 0/0 in the unused branch (NaN gradients)
+    return torch.where(den == 0, torch.full_like(den, float(N) ** 2), (num / safe) ** 2)
 
 
 def sinc3(x: torch.Tensor) -> torch.Tensor:
