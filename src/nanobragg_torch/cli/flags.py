@@ -156,6 +156,9 @@ class RawFlags:
     phi_carryover: str = "fixed"
     trace_pixel: Optional[List[int]] = None
     trace_json: Optional[str] = None
+    image_format: Optional[str] = None      # -format: smv|cbf|h5|nxs for the integer and noise images
+    pngfilename: Optional[str] = None       # -pngfile: 8-bit PNG preview
+    png_scale: str = "log"                  # -pngscale: log|linear
     # which files the user named explicitly (for messages)
     given: List[str] = field(default_factory=list)
 
@@ -352,6 +355,19 @@ def _trace_pixel(f, v):
     f.trace_pixel = [c_atoi(v[0]), c_atoi(v[1])]
 
 
+def _image_format(f, v):
+    f.image_format = v[0].lower()
+
+
+def _png_scale(f, v):
+    f.png_scale = v[0].lower()
+
+
+#: values of -format (the integer and noise images) and -pngscale
+IMAGE_FORMATS = ("smv", "cbf", "h5", "nxs")
+PNG_SCALES = ("log", "linear")
+
+
 mm = 1.0 / 1000.0
 RULES: List[Rule] = [
     Rule(_has("-Na"), 1, _cont(_int("Na")), ("-Na",), "i", "unit cells along a"),
@@ -487,11 +503,17 @@ RULES: List[Rule] = [
 # this project's own flags: exact names only, so they cannot collide with the C grammar
 EXTRA_RULES: List[Rule] = [
     Rule(lambda a: a == "-dtype", 1, _dtype, ("-dtype",), "D"),
-    Rule(lambda a: a == "-device", 1, _device, ("-device",), "s"),
+    Rule(lambda a: a == "-device", 1, _device, ("-device",), "V"),
     Rule(lambda a: a == "-phi_carryover", 1, _carry, ("-phi_carryover",), "K"),
     Rule(lambda a: a == "-trace_pixel", 2, _trace_pixel, ("-trace_pixel",), "ii"),
     Rule(lambda a: a in ("--trace-json", "-trace_json"), 1, _file("trace_json"), ("--trace-json", "-trace_json"), "s"),
+    # output formats (issue 6); exact names, and the C rules are not applied to them
+    # (the C's substring rule for -scale would otherwise also read -pngscale)
+    Rule(lambda a: a == "-format", 1, _image_format, ("-format",), "F"),
+    Rule(lambda a: a == "-pngfile", 1, _file("pngfilename"), ("-pngfile",), "s"),
+    Rule(lambda a: a == "-pngscale", 1, _png_scale, ("-pngscale",), "G"),
 ]
+_EXTRA_NAMES = frozenset(n for r in EXTRA_RULES for n in r.names)
 
 ALL_RULES = RULES + EXTRA_RULES
 
@@ -514,6 +536,9 @@ def _check_values(name: str, rule: Rule, values: List[str]) -> int:
                             f"{values[0]!r}" if values else f"{name}: missing value (a b c alpha beta gamma)")
         if n < len(values) and n < 6 and is_number(values[n]) and values[n].startswith("-"):
             raise FlagError(f"{name}: negative cell parameter {values[n]!r}")
+        for val in values[:n]:
+            if not math.isfinite(c_atof(val)):
+                raise FlagError(f"{name}: expected finite cell parameters, got {val!r}")
         return n
     if kinds == "M":  # -misset random | 3 angles
         if values and "rand" in values[0]:
@@ -522,7 +547,12 @@ def _check_values(name: str, rule: Rule, values: List[str]) -> int:
     if kinds == "A":  # -detector_abs: number or inf
         if not values:
             raise FlagError(f"{name}: missing value (attenuation depth in um, or 'inf')")
-        if "inf" in values[0] or is_number(values[0]):
+        if "inf" in values[0]:
+            return 1
+        if is_number(values[0]):
+            if not math.isfinite(c_atof(values[0])):
+                raise FlagError(f"{name}: expected a number or 'inf', got {values[0]!r}")
+            _check_range(name, values[0])
             return 1
         raise FlagError(f"{name}: expected a number or 'inf', got {values[0]!r}")
     if kinds == "P":
@@ -540,6 +570,18 @@ def _check_values(name: str, rule: Rule, values: List[str]) -> int:
             raise FlagError(f"{name}: expected 'c' (reproduce the C program) or 'fixed'"
                             + (f", got {values[0]!r}" if values else ""))
         return 1
+    if kinds == "V":
+        import re
+        if not values or not re.fullmatch(r"cpu|(cuda|xpu)(:[0-9]+)?|mps", values[0]):
+            raise FlagError(f"{name}: expected cpu, cuda, cuda:N, xpu[:N] or mps"
+                            + (f", got {values[0]!r}" if values else ""))
+        return 1
+    if kinds in ("F", "G"):
+        choices = IMAGE_FORMATS if kinds == "F" else PNG_SCALES
+        if not values or values[0].lower() not in choices:
+            raise FlagError(f"{name}: expected one of {'|'.join(choices)}"
+                            + (f", got {values[0]!r}" if values else ""))
+        return 1
     for k, kind in enumerate(kinds):
         if k >= len(values):
             what = {"f": "a number", "i": "an integer", "s": "a file name"}.get(kind, "a value")
@@ -547,11 +589,51 @@ def _check_values(name: str, rule: Rule, values: List[str]) -> int:
         val = values[k]
         if kind == "f" and not is_number(val):
             raise FlagError(f"{name}: expected a number, got {val!r}")
+        if kind == "f" and not math.isfinite(c_atof(val)):
+            raise FlagError(f"{name}: expected a finite number, got {val!r}")
         if kind == "i" and not is_integer(val):
             raise FlagError(f"{name}: expected an integer, got {val!r}")
         if kind == "s" and (val == "" or (val.startswith("-") and (val in _NAME_ARITY or _matches_any(val)))):
             raise FlagError(f"{name}: missing file name (got flag {val!r})")
+        if kind in "fi":
+            _check_range(name, val)
     return len(kinds)
+
+
+# Value ranges of the documented names (issue 6: fail safe on bad input).  Only what the
+# user types as that exact flag is checked; the C grammar's incidental matches and
+# values taken from an SMV header are not.  Where the C treats a zero as "not given"
+# (-N 0, -oversample 0, -phisteps 0 ...) zero stays legal.
+_POSITIVE = ("-detpixels", "-detpixels_f", "-detpixels_s", "-detpixels_x", "-detpixels_y", "-pixel",
+             "-detsize", "-detsize_f", "-detsize_s", "-distance", "-close_distance",
+             "-lambda", "-wave", "-wavelength", "-energy")
+_NON_NEGATIVE = ("-N", "-Na", "-Nb", "-Nc", "-oversample", "-phisteps", "-mosaic_dom", "-mosaic_domains",
+                 "-detector_thicksteps", "-thicksteps", "-dispsteps", "-hdivsteps", "-vdivsteps", "-divsteps",
+                 "-fluence", "-flux", "-exposure", "-beamsize", "-mosaic", "-mosaicity", "-mosaic_spread",
+                 "-dispersion", "-divergence", "-hdivrange", "-vdivrange", "-hdivstep", "-vdivstep",
+                 "-phistep", "-osc", "-detector_thick", "-water", "-samplesize", "-sample_size",
+                 "-sample_thick", "-sample_x", "-sample_width", "-sample_y", "-width", "-sample_height",
+                 "-sample_z", "-height", "-xtalsize", "-xtal_size", "-xtal_thick", "-xtal_x", "-xtal_width",
+                 "-xtal_y", "-xtal_height", "-xtal_z", "-dmin", "-scale", "-pgmscale", "-density",
+                 "-sample_density", "-MW", "-molecular_weight", "-molecules", "-roi", "-printout_pixel",
+                 "-fudge", "-detector_abs", "-detector_absorb")
+_RANGES = {n: (0.0, False) for n in _NON_NEGATIVE}
+_RANGES.update({n: (0.0, True) for n in _POSITIVE})
+
+
+def _check_range(name: str, val: str) -> None:
+    x = c_atof(val)
+    if name == "-polar":
+        if not -1.0 <= x <= 1.0:
+            raise FlagError(f"{name}: the Kahn polarization factor must lie between -1 and 1, got {val!r}")
+        return
+    lim = _RANGES.get(name)
+    if lim is None:
+        return
+    low, strict = lim
+    if (strict and x <= low) or (not strict and x < low):
+        what = "positive" if strict else "zero or positive"
+        raise FlagError(f"{name}: value must be {what}, got {val!r}")
 
 
 def _matches_any(arg: str) -> bool:
@@ -597,7 +679,8 @@ def parse_flags(argv: List[str], strict: bool = True, base: Optional[RawFlags] =
     for i, arg in enumerate(argv):
         if not arg.startswith("-"):
             continue
-        for rule in ALL_RULES:
+        rules = EXTRA_RULES if arg in _EXTRA_NAMES else ALL_RULES
+        for rule in rules:
             if not rule.match(arg):
                 continue
             if argc <= i + rule.need:

@@ -1,28 +1,36 @@
 """``nanoBragg`` command line: the reference program's flags, outputs and report.
 
-Flow: flags -> set-up (:mod:`.resolve`) -> models -> engine -> statistics and
-files.  Every problem with the input is reported on one line
-(``nanoBragg: error: ...``) with exit status 2 and no traceback; nothing is
-written before the image has been rendered, and files are replaced atomically.
+Flow: flags -> set-up (:mod:`.resolve`) -> output check -> models -> engine ->
+statistics and files.  Every problem with the input is reported on one line
+(``nanoBragg: error: ...``) with exit status 2 and no traceback; every output
+path is checked before rendering (exit status 1 when one cannot be written);
+nothing is written before the image has been rendered (but ``Fdump.bin``, as
+the C does), and files are replaced atomically.  Formats: docs/formats.md.
 """
 from __future__ import annotations
 
 import math
 import os
 import sys
-import time
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
 import torch
 
 from ..config import R_E_SQR
+from ..io.formats import FormatError, check_available, format_from_extension, frame_metadata, write_image
 from ..io.hkl import InputFileError, write_fdump
 from .flags import RTD, FlagError, parse_flags
 from .resolve import SetupError, build_setup
 from .usage import usage_text
 
 EXIT_USAGE = 2
+EXIT_IO = 1
+EXIT_INTERNAL = 3
 
 
 def _g(x) -> str:
@@ -158,50 +166,243 @@ def _print_setup(out, st, prep, res=None):
         p("  water droplet size: %g m" % bm.water_size)
 
 
-def run(argv: List[str], out=None, cwd: str = ".") -> int:
-    """Run the command line; returns the exit status."""
+# ---------------------------------------------------------------------------
+# outputs: what is written where, checked before any rendering
+# ---------------------------------------------------------------------------
+
+class OutputPathError(OSError):
+    """An output file that cannot be written; the message names the flag and the file."""
+
+
+#: the errors that are the user's input (exit status 2)
+USAGE_ERRORS = (FlagError, SetupError, InputFileError, FormatError)
+
+_FORMAT_EXT = {"smv": ".img", "cbf": ".cbf", "h5": ".h5", "nxs": ".nxs"}
+_DEFAULT_NAMES = {"int": "intimage.img", "noise": "noiseimage.img"}
+
+
+@dataclass
+class Output:
+    kind: str        # float | int | noise | pgm | png | dump | trace
+    flag: str        # the flag that names it (for messages)
+    name: str        # as the user gave it
+    fmt: Optional[str] = None
+
+
+def plan_outputs(st) -> List[Output]:
+    """Every file this run will write, with its format (see docs/formats.md)."""
+    f = st.flags
+    plan = []
+    ffmt = format_from_extension(f.floatfilename)
+    if ffmt == "cbf":
+        raise FormatError(f"-floatfile {f.floatfilename}: CBF holds integer counts, not the float image; "
+                          "name the float image .bin (raw), .h5 or .nxs (NeXus), or use -intfile x.cbf")
+    plan.append(Output("float", "-floatfile", f.floatfilename, ffmt if ffmt in ("h5", "nxs") else "float"))
+    for kind, flag, name, on in (("int", "-intfile", f.intfilename, True),
+                                 ("noise", "-noisefile", f.noisefilename, f.calculate_noise)):
+        if not on:
+            continue
+        if f.image_format:
+            fmt = f.image_format
+            if name == _DEFAULT_NAMES[kind]:
+                name = os.path.splitext(name)[0] + _FORMAT_EXT[fmt]
+        else:
+            fmt = format_from_extension(name)
+            fmt = fmt if fmt in ("cbf", "h5", "nxs") else "smv"
+        plan.append(Output(kind, flag, name, fmt))
+    if f.write_pgm:
+        plan.append(Output("pgm", "-pgmfile", f.pgmfilename, "pgm"))
+    if f.pngfilename is not None:
+        plan.append(Output("png", "-pngfile", f.pngfilename, "png"))
+    if st.write_dump:
+        plan.append(Output("dump", "-dump", f.dumpfilename))
+    if f.trace_pixel is not None and f.trace_json:
+        plan.append(Output("trace", "--trace-json", f.trace_json))
+    return plan
+
+
+def check_outputs(plan: List[Output], st, path) -> None:
+    """Fail before rendering when an output cannot be written (or would clobber an input)."""
+    f = st.flags
+    inputs = {}
+    for flag, name in (("-hkl", f.hklfilename), ("-mat", f.matfilename), ("-img", f.imginfilename),
+                       ("-mask", f.maskfilename), ("-sourcefile", f.sourcefilename),
+                       ("-stol", f.stolfilename)):
+        if name:
+            inputs.setdefault(os.path.realpath(path(name)), (flag, name))
+    seen = {}
+    probed = {}
+    for o in plan:
+        if o.fmt is not None:
+            try:
+                check_available(o.fmt)
+            except FormatError as e:
+                raise FormatError(f"{o.flag} {o.name}: {e}") from None
+        if o.name == "":
+            raise FlagError(f"{o.flag}: empty file name")
+        full = path(o.name)
+        real = os.path.realpath(full)
+        if real in seen:
+            other = seen[real]
+            raise FlagError(f"{other.flag} and {o.flag} both write {o.name!r}; give them different names")
+        seen[real] = o
+        if real in inputs:
+            flag, name = inputs[real]
+            raise FlagError(f"{o.flag} {o.name}: would overwrite the input file given with {flag}")
+        if os.path.isdir(full):
+            raise OutputPathError(f"{o.flag} {o.name}: is a directory, not a file name")
+        parent = os.path.dirname(os.path.abspath(full))
+        shown = os.path.dirname(o.name) or "."
+        if not os.path.exists(parent):
+            raise OutputPathError(f"{o.flag} {o.name}: folder {shown!r} does not exist")
+        if not os.path.isdir(parent):
+            raise OutputPathError(f"{o.flag} {o.name}: {shown!r} is not a folder")
+        if os.path.exists(full) and not os.access(full, os.W_OK):
+            raise OutputPathError(f"{o.flag} {o.name}: file exists and is read-only")
+        if parent not in probed:
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".nanobragg-probe-", dir=parent)
+                os.close(fd)
+                os.unlink(tmp)
+                probed[parent] = None
+            except OSError as e:
+                probed[parent] = e.strerror or str(e)
+        if probed[parent] is not None:
+            raise OutputPathError(f"{o.flag} {o.name}: cannot create files in folder {shown!r} "
+                                  f"({probed[parent]})")
+
+
+#: one pixel's evaluations beyond which the engine cannot hold a chunk in memory
+MAX_WORK_PER_PIXEL = 1 << 25
+#: farther than this (m) the geometry overflows 4-byte floats on the way to the image (NaN)
+MAX_DETECTOR_DISTANCE = 1e15
+
+
+def check_work(st, prep) -> None:
+    """Refuse a set-up whose single pixel would not fit in memory (e.g. absurd auto-oversampling)."""
+    det, xt = st.detector, st.crystal
+    geo = prep.geometry
+    parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]
+    if not all(bool(torch.isfinite(p).all()) for p in parts):
+        raise SetupError("the detector geometry is not finite (degenerate detector vectors or rotations)")
+    far = max(abs(float(geo.distance)), float(torch.linalg.vector_norm(geo.pix0)))
+    if far > MAX_DETECTOR_DISTANCE:
+        raise SetupError("the direct beam meets the detector plane %g m from the sample: the beam runs "
+                         "(nearly) parallel to the detector; tilt it less, or pivot about the sample "
+                         "(-pivot sample, -close_distance)" % far)
+    O = prep.oversample
+    T = det.thicksteps
+    S = int(prep.sources.incident.shape[0])
+    M = xt.phisteps * (1 if xt.mosaic_umats is None else len(xt.mosaic_umats))
+    work = T * O * O * S * M
+    if work <= MAX_WORK_PER_PIXEL:
+        return
+    how = "auto-selected" if det.oversample <= 0 else "-oversample"
+    hint = ("give a smaller -oversample N" if O * O >= max(T, S, M)
+            else "reduce -phisteps, -mosaic_dom, the sources or -thicksteps")
+    raise SetupError(f"{how} {O}x{O} sub-pixels x {T} layers x {S} sources x {M} orientations = {work:.3g} "
+                     f"evaluations per pixel, more than fits in memory; {hint}")
+
+
+class _Writer:
+    """Writes the planned outputs; an I/O failure names the flag and the file."""
+
+    def __init__(self, plan, path):
+        self.by_kind = {o.kind: o for o in plan}
+        self.path = path
+
+    def __contains__(self, kind):
+        return kind in self.by_kind
+
+    def __getitem__(self, kind):
+        return self.by_kind[kind]
+
+    def write(self, kind, fn, *args):
+        o = self.by_kind[kind]
+        try:
+            fn(self.path(o.name), *args)
+        except OSError as e:
+            raise OutputPathError(f"{o.flag} {o.name}: cannot write ({e.strerror or e})") from None
+
+
+def _strip_cwd(msg: str, cwd: str) -> str:
+    if cwd in ("", "."):
+        return msg
+    prefix = os.path.join(cwd, "")
+    return msg.replace(prefix, "")
+
+
+def run(argv: List[str], out=None, cwd: str = ".", err=None) -> int:
+    """Run the command line; returns the exit status.
+
+    ``out`` receives the report (default stdout), ``err`` the progress bar
+    (default stderr; shown only when it is a terminal).  Errors are raised
+    (:data:`USAGE_ERRORS`, :class:`OutputPathError`, ...); :func:`main` turns
+    them into one-line messages and exit codes.
+    """
     out = out or sys.stdout
+    err = err if err is not None else sys.stderr
     if not argv or any(a in ("-h", "--help", "-help") for a in argv):
         print(usage_text(), file=out)
-        return 0 if argv else EXIT_USAGE
+        if not argv:
+            raise FlagError("no flags given (the usage is above)")
+        return 0
+    try:
+        return _run(argv, out, cwd, err)
+    except USAGE_ERRORS + (OutputPathError,) as e:
+        msg = _strip_cwd(str(e), cwd)
+        if msg == str(e):
+            raise
+        raise type(e)(msg) from None
+
+
+def _run(argv: List[str], out, cwd: str, err) -> int:
+    def path(p):
+        return p if (os.path.isabs(p) or cwd in ("", ".")) else os.path.join(cwd, p)
+
     flags = parse_flags(argv)
     st = build_setup(flags, cwd=cwd)
     f = st.flags
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[f.dtype]
     if f.device.startswith("cuda") and not torch.cuda.is_available():
         raise SetupError(f"-device {f.device}: CUDA is not available on this machine")
+    plan = plan_outputs(st)
+    check_outputs(plan, st, path)
+    writer = _Writer(plan, path)
 
     from ..simulator import build_problem, prepare
     from ..engine import render
     print("nanoBragg nanocrystal diffraction simulator (nanobragg-torch)", file=out)
     prep = prepare(st.crystal, st.detector, st.beam, device=f.device, dtype=torch.float64)
+    check_work(st, prep)
     _print_setup(out, st, prep)
     out.flush()
 
-    def path(p):
-        return p if os.path.isabs(p) else os.path.join(cwd, p)
-
     if st.write_dump:
-        write_fdump(path(f.dumpfilename), st.hkl)
+        writer.write("dump", write_fdump, st.hkl)
 
     progress = None
-    if f.progress_meter and hasattr(out, "isatty") and out.isatty():
+    if f.progress_meter and hasattr(err, "isatty") and err.isatty():
         from ..tools.progress import ProgressBar
-        progress = ProgressBar(out)
+        progress = ProgressBar(err)
     pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
     if f.trace_pixel is not None:
         from ..tools.trace import trace_pixel
         trace_pixel(st, prep, pb, out, json_path=(path(f.trace_json) if f.trace_json else None))
-    with torch.no_grad():
-        res = render(pb, st.options.max_chunk_elements, progress=progress)
-    if progress is not None:
-        progress.close()
+    try:
+        with torch.no_grad():
+            res = render(pb, st.options.max_chunk_elements, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     if res.state.oob_warning is not None:
         h, k, l = res.state.oob_warning
         print("WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: %g,%g,%g,%d,%d,%d "
               % (h, k, l, math.ceil(h - 0.5), math.ceil(k - 0.5), math.ceil(l - 0.5)), file=out)
         print("WARNING: further warnings will not be printed! ", file=out)
     img32 = res.image.detach().to("cpu", torch.float64).numpy().astype(np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(img32)))
+    if bad:
+        print("WARNING: %d pixels are not finite (NaN or overflow of 4-byte floats)" % bad, file=out)
     print("", file=out)
     omega_sum = float(res.omega_sum)
     print("solid angle subtended by detector = %g steradian ( %g%% sphere)"
@@ -209,20 +410,32 @@ def run(argv: List[str], out=None, cwd: str = ".") -> int:
     det = st.detector
     rendered = prep.pixels.cpu().numpy()
     max_I, imax, avg, rms, rmsd = image_statistics(img32, rendered, det.roi)
-    write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path)
+    write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path, writer)
     return 0
 
 
-def write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path):
-    from ..io.atomic import atomic_write_bytes
+_FMT_WORDS = {"cbf": "CBF (32-bit integers)", "h5": "NeXus/HDF5 (NXmx)", "nxs": "NeXus/HDF5 (NXmx)"}
+
+
+def write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path, writer=None):
     from ..io.pgm import pgm_image, write_pgm
-    from ..io.smv import int_image, smv_header_values, write_smv
+    from ..io.smv import int_image
+    if writer is None:
+        plan = plan_outputs(st)
+        check_outputs(plan, st, path)
+        writer = _Writer(plan, path)
     f = st.flags
     det = st.detector
-    geo = prep.geometry
     S, F = img32.shape
-    print("writing %s as %d 4-byte floats" % (f.floatfilename, S * F), file=out)
-    atomic_write_bytes(path(f.floatfilename), img32.astype("<f4").tobytes())
+    meta = frame_metadata(st, prep)
+    meta["png_scale"] = f.png_scale
+
+    fo = writer["float"]
+    if fo.fmt == "float":
+        print("writing %s as %d 4-byte floats" % (fo.name, S * F), file=out)
+    else:
+        print("writing %s as %s, %d 4-byte floats" % (fo.name, _FMT_WORDS[fo.fmt], S * F), file=out)
+    writer.write("float", write_image, img32, meta, fo.fmt)
     if imax is not None:
         O = prep.oversample
         sub = det.pixel_size / O
@@ -233,47 +446,92 @@ def write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path):
         mx = my = 0.0
     print("max_I = %g  at %g %g" % (max_I, mx, my), file=out)
     print("mean= %g rms= %g rmsd= %g" % (avg, rms, rmsd), file=out)
-    orgx, orgy = geo.orgx_orgy(det.pixel_size)
-    header_args = dict(
-        fpixels=F, spixels=S, pixel_size_m=det.pixel_size, distance_m=float(geo.distance),
-        wavelength_m=st.beam.wavelength, Xbeam_m=det.Xbeam, Ybeam_m=det.Ybeam,
-        Fbeam_m=float(geo.Fbeam), Sbeam_m=float(geo.Sbeam), detsize_s_m=det.size_s(),
-        dials_origin_mm=[float(v) for v in geo.dials_origin_mm()], orgx=float(orgx), orgy=float(orgy),
-        close_distance_m=float(geo.close_distance), phi0_rad=st.crystal.phi0, osc_rad=st.crystal.osc,
-        twotheta_rad=det.twotheta)
-    header = smv_header_values(**header_args)
     intimg, scale = int_image(img32, f.intfile_scale, f.adc_offset, det.roi, max_I=max_I)
     print("intfile_scale = %g" % scale, file=out)
-    print("writing %s as 2-byte integers" % f.intfilename, file=out)
-    write_smv(path(f.intfilename), intimg, header)
-    if f.write_pgm:
+    io_ = writer["int"]
+    if io_.fmt == "smv":
+        print("writing %s as 2-byte integers" % io_.name, file=out)
+    else:
+        print("writing %s as %s" % (io_.name, _FMT_WORDS[io_.fmt]), file=out)
+    writer.write("int", write_image, intimg, meta, io_.fmt)
+    if "pgm" in writer:
         pgm, pscale = pgm_image(img32, f.pgm_scale, scale, rmsd, det.roi)
         print("pgm_scale = %g" % pscale, file=out)
-        print("writing %s as 1-byte integers" % f.pgmfilename, file=out)
-        write_pgm(path(f.pgmfilename), pgm, pscale)
-    if f.calculate_noise:
+        print("writing %s as 1-byte integers" % writer["pgm"].name, file=out)
+        writer.write("pgm", write_pgm, pgm, pscale)
+    if "png" in writer:
+        print("writing %s as 8-bit PNG preview (%s scale)" % (writer["png"].name, f.png_scale), file=out)
+        writer.write("png", write_image, img32, meta, "png")
+    if "noise" in writer:
         from ..rng import SeedStream
         noise, photons, overloads = st.rng.noise_image(img32, SeedStream(st.noise_seed), det.roi, f.adc_offset)
         print("%.0f photons on noise image (%d overloads)" % (photons, overloads), file=out)
-        print("writing %s as 2-byte integers" % f.noisefilename, file=out)
-        write_smv(path(f.noisefilename), noise, smv_header_values(**header_args, noise_file=True))
+        no = writer["noise"]
+        if no.fmt == "smv":
+            print("writing %s as 2-byte integers" % no.name, file=out)
+        else:
+            print("writing %s as %s" % (no.name, _FMT_WORDS[no.fmt]), file=out)
+        nmeta = dict(meta, smv_header=meta["smv_header_noise"])
+        writer.write("noise", write_image, noise, nmeta, no.fmt)
+
+
+# ---------------------------------------------------------------------------
+# the program
+# ---------------------------------------------------------------------------
+
+def _one_line(msg) -> str:
+    return " ".join(str(msg).split())
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The ``nanoBragg`` program: returns the exit status, never raises (but SystemExit).
+
+    0 success; 2 bad input (flags, values, input files, inconsistent set-up);
+    1 an output cannot be written, or not enough memory; 130 interrupted;
+    3 an internal error (one line; ``NB_DEBUG=1`` prints the traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("NB_DEBUG", "").strip() not in ("", "0")
+
+    def error(msg):
+        print(f"nanoBragg: error: {_one_line(msg)}", file=sys.stderr)
+
     try:
-        rc = run(argv)
-    except (FlagError, SetupError, InputFileError) as e:
-        print(f"nanoBragg: error: {e}", file=sys.stderr)
-        rc = EXIT_USAGE
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore", RuntimeWarning)
+            with np.errstate(all="ignore"):
+                return run(argv)
+    except USAGE_ERRORS as e:
+        error(e)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("nanoBragg: interrupted; no output was written after the interruption", file=sys.stderr)
-        rc = 130
+        return 130
+    except OutputPathError as e:
+        error(e)
+        return EXIT_IO
     except OSError as e:
-        name = e.filename if e.filename else ""
-        print(f"nanoBragg: error: {name}: {e.strerror or e}", file=sys.stderr)
-        rc = 1
-    return rc
+        name = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        error(f"{name}{e.strerror or e}")
+        return EXIT_IO
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, never a traceback
+        if _is_out_of_memory(e):
+            error("not enough memory for this image (reduce -oversample, the steps, or the detector size)")
+            return EXIT_IO
+        if debug:
+            traceback.print_exc()
+        first = _one_line(str(e).splitlines()[0] if str(e) else "")
+        print(f"nanoBragg: internal error: {type(e).__name__}: {first} "
+              f"(set NB_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def console_main():

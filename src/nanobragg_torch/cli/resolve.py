@@ -114,6 +114,31 @@ def _steps_rule(steps: int, rng: float, step: float, unit_range: float, range_ru
     return steps, rng, step
 
 
+def _check_cell(lengths, angles_rad) -> None:
+    """A cell the lattice can be built from: positive lengths, angles that close a volume."""
+    a, b, c = (float(x) for x in lengths)
+    al, be, ga = (float(x) for x in angles_rad)
+    shown = "%g %g %g %g %g %g" % (a, b, c, al * RTD, be * RTD, ga * RTD)
+    if not all(math.isfinite(x) and x > 0 for x in (a, b, c)):
+        raise SetupError(f"-cell {shown}: cell lengths a b c must be positive")
+    if not all(0.0 < x < math.pi for x in (al, be, ga)):
+        raise SetupError(f"-cell {shown}: angles alpha beta gamma must lie between 0 and 180 degrees "
+                         "(give all six values)")
+    ca, cb, cg = math.cos(al), math.cos(be), math.cos(ga)
+    if 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg <= 1e-12:
+        raise SetupError(f"-cell {shown}: these angles do not form a cell (zero volume)")
+
+
+def _check_sources(name: str, cols: np.ndarray) -> None:
+    """Source rows: finite positions (blank = default) and positive wavelengths (blank = -lambda)."""
+    for i, row in enumerate(cols, 1):
+        if np.any(np.isinf(row)):
+            raise SetupError(f"-sourcefile {name}: source {i}: values must be finite")
+        lam = row[4]
+        if not math.isnan(lam) and lam <= 0.0:
+            raise SetupError(f"-sourcefile {name}: source {i}: wavelength {lam:g} m must be positive")
+
+
 def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup:
     report: List[str] = []
     say = report.append
@@ -123,7 +148,8 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     misset_seed = f.misset_seed if f.misset_seed is not None else -now
 
     def path(p):
-        return p if os.path.isabs(p) else os.path.join(cwd, p)
+        # names stay as the user typed them when running in the current folder (error messages)
+        return p if (os.path.isabs(p) or cwd in ("", ".")) else os.path.join(cwd, p)
 
     mask = None
     # header ingestion happens before the flags in the C; re-apply the flags afterwards
@@ -222,6 +248,15 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
         raise SetupError("-beam_vector: the beam direction must not be zero")
     if not np.any(unit(fdet)) or not np.any(unit(sdet)):
         raise SetupError("-fdet_vector/-sdet_vector: detector axes must not be zero")
+    # issue 6: degenerate directions give NaN geometry or a silently wrong image
+    if np.linalg.norm(np.cross(unit(fdet), unit(sdet))) < 1e-6:
+        raise SetupError("-fdet_vector/-sdet_vector: the fast and slow detector axes must not be parallel")
+    if not np.any(spindle_u):
+        raise SetupError("-spindle_axis: the rotation axis must not be zero")
+    if not np.any(unit(tt_axis)):
+        raise SetupError("-twotheta_axis: the two-theta axis must not be zero")
+    if not np.any(polar_u):
+        raise SetupError("-polar_vector: the polarization vector must not be zero")
 
     # ---- roi -------------------------------------------------------------------
     roi = list(f.roi)
@@ -232,12 +267,18 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     if roi[0] > fpixels - 1 or roi[2] > spixels - 1 or roi[1] < roi[0] or roi[3] < roi[2]:
         raise SetupError(f"-roi {roi[0]} {roi[1]} {roi[2]} {roi[3]}: region is empty or outside the "
                          f"{fpixels}x{spixels} detector")
+    # the C's own default end is fpixels/spixels (one past the last pixel), so that is allowed
+    if roi[1] > fpixels or roi[3] > spixels:
+        raise SetupError(f"-roi {roi[0]} {roi[1]} {roi[2]} {roi[3]}: region extends beyond the "
+                         f"{fpixels}x{spixels} detector (pixels 0..{fpixels - 1} x 0..{spixels - 1})")
 
     # ---- structure factor source check (the C prints usage and exits) --------
     dump_path = path(f.dumpfilename)
     dump_exists = f.hklfilename is None and os.path.isfile(dump_path)
     if f.hklfilename is None and not dump_exists and f.default_F == 0.0:
         raise SetupError("no structure factors: give -hkl FILE or -default_F VALUE (no Fdump.bin to read)")
+    if f.user_cell and f.matfilename is None:
+        _check_cell(f.cell, f.cell_angles)
     if f.matfilename is None and f.cell[0] == 0.0:
         raise SetupError("no unit cell: give -cell a b c alpha beta gamma or -mat FILE")
 
@@ -317,6 +358,9 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
         tsteps, thick, tstep = 1, 0.0, 0.0
     if f.lambda0 <= 0 or not math.isfinite(f.lambda0):
         raise SetupError("-lambda/-energy: wavelength must be positive and finite")
+    if dispersion >= 2.0:
+        raise SetupError("-dispersion %g: must be below 200%% (the shortest wavelength would be zero "
+                         "or negative)" % (dispersion * 100))
 
     interpolate = f.interpolate
     if interpolate > 1:
@@ -377,14 +421,21 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
                       dispsteps=dispsteps, water_size=f.water_size)
     stol_rows = 0
     if f.stolfilename is not None:
-        stol = read_columns(path(f.stolfilename), 2)
+        try:
+            stol = read_columns(path(f.stolfilename), 2)
+        except InputFileError as e:
+            raise InputFileError(f"-stol {e}") from None
         if len(stol) == 0:
             raise SetupError(f"-stol {f.stolfilename}: no data in input file")
         stol_rows = len(stol)
     if f.sourcefilename is not None:
-        cols = read_columns(path(f.sourcefilename), 5)
+        try:
+            cols = read_columns(path(f.sourcefilename), 5)
+        except InputFileError as e:
+            raise InputFileError(f"-sourcefile {e}") from None
         if len(cols) == 0:
             raise SetupError(f"-sourcefile {f.sourcefilename}: no sources in file")
+        _check_sources(f.sourcefilename, cols)
         beam.source_xyz = cols[:, :3]
         beam.source_weight = cols[:, 3]
         beam.source_lambda = cols[:, 4]

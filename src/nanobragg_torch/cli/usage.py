@@ -77,16 +77,19 @@ FLAG_TABLE = [
     ("-img", "FILE.img", "", "take the detector geometry from an SMV header"),
     ("-dmin", "A", "0", "skip scattering beyond this resolution"),
     ("Output", None, None, None),
-    ("-floatfile / -floatimage", "FILE", "floatimage.bin", "raw 4-byte float image"),
-    ("-intfile / -intimage", "FILE", "intimage.img", "SMV image, scaled (always written)"),
+    ("-floatfile / -floatimage", "FILE", "floatimage.bin", "raw 4-byte float image; .h5/.nxs: NeXus"),
+    ("-intfile / -intimage", "FILE", "intimage.img", "SMV image, scaled (always written); .cbf: CBF, .h5/.nxs: NeXus"),
     ("-scale", "s", "auto (55000/max)", "scale of the SMV image"),
     ("-adc", "counts", "40", "offset added to SMV pixels"),
-    ("-noisefile / -noiseimage", "FILE", "noiseimage.img", "SMV image with Poisson noise"),
+    ("-noisefile / -noiseimage", "FILE", "noiseimage.img", "SMV image with Poisson noise; .cbf/.h5/.nxs as -intfile"),
+    ("-format", "smv|cbf|h5|nxs", "by extension", "format of the -intfile and -noisefile images"),
     ("-nonoise", "", "", "do not write the noise image"),
     ("-seed", "N", "time", "seed of the noise"),
     ("-pgmfile / -pgmimage", "FILE", "image.pgm", "8-bit PGM preview"),
     ("-pgmscale", "s", "auto", "scale of the PGM"),
     ("-nopgm", "", "", "do not write the PGM"),
+    ("-pngfile", "FILE", "", "8-bit PNG preview (needs pillow)"),
+    ("-pngscale", "log|linear", "log", "brightness scale of the PNG preview"),
     ("-printout", "", "", "print pixel values"),
     ("-printout_pixel", "f s", "", "print one pixel's values"),
     ("-noprogress / -progress", "", "progress on a terminal", "progress bar"),
@@ -97,6 +100,8 @@ FLAG_TABLE = [
     ("-phi_carryover", "fixed|c", "fixed", "c: reproduce the C program's phi=0 carry-over bug"),
     ("-trace_pixel", "s f", "", "print every intermediate quantity of one pixel"),
     ("-h / --help", "", "", "this listing"),
+    ("Exit status: 0 done, 2 bad input, 1 an output cannot be written, 3 internal error "
+     "(NB_DEBUG=1 shows the traceback); image formats: docs/formats.md", None, None, None),
 ]
 
 
@@ -105,7 +110,7 @@ def usage_text() -> str:
              "PyTorch reimplementation of nanoBragg; flags, units and defaults as the C program.", ""]
     for flags, val, units, desc in FLAG_TABLE:
         if val is None:
-            lines.append(f"{flags}:")
+            lines.append(f"{flags}:" if not flags.startswith("Exit status") else f"\n{flags}")
             continue
         left = f"  {flags} {val}".rstrip()
         right = f"{desc}" + (f" [{units}]" if units else "")

@@ -14,7 +14,10 @@ from typing import Tuple
 
 import numpy as np
 
-from ..cutil import is_number
+from ..cutil import c_atof, is_number
+
+
+MAX_INDEX = 1 << 20     # far beyond any real reflection list; keeps grid arithmetic in int64
 
 
 class InputFileError(ValueError):
@@ -52,10 +55,13 @@ def read_hkl(path: str, default_F: float = 0.0) -> HKLData:
         if not all(is_number(x) for x in fields):
             bad = next(x for x in fields if not is_number(x))
             raise InputFileError(f"{path}:{no}: non-numeric field {bad!r}")
-        h, k, l, F = (float(x) for x in fields)
+        h, k, l, F = (c_atof(x) for x in fields)   # is_number accepts what atof reads (hex too)
         for name, v in (("h", h), ("k", k), ("l", l)):
             if not math.isfinite(v) or v != round(v):
                 raise InputFileError(f"{path}:{no}: Miller index {name}={fields['hkl'.index(name)]} is not an integer")
+            if abs(v) > MAX_INDEX:    # the C stores indices as int; a grid this wide cannot be built anyway
+                raise InputFileError(f"{path}:{no}: Miller index {name}={fields['hkl'.index(name)]} is out of range "
+                                     f"(|index| <= {MAX_INDEX})")
         if not math.isfinite(F):
             raise InputFileError(f"{path}:{no}: structure factor {fields[3]!r} is not finite")
         rows.append((int(h), int(k), int(l), F))
@@ -100,7 +106,7 @@ def read_fdump(path: str) -> HKLData:
     except Exception:
         raise InputFileError(f"{path}: not a structure-factor dump file (bad header)") from None
     pos = end + 1
-    while pos < len(raw) and raw[pos:pos + 1] == b"\f":
+    if raw[pos:pos + 1] == b"\f":   # exactly one form feed: the data may start with a 0x0c byte
         pos += 1
     hmin, hmax, kmin, kmax, lmin, lmax = vals
     rng = (hmax - hmin + 1, kmax - kmin + 1, lmax - lmin + 1)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cutil import is_number
+from ..cutil import c_atof, is_number
 from .hkl import InputFileError
 
 
@@ -16,22 +16,35 @@ def read_mosflm_matrix(path: str, wavelength_m: float) -> np.ndarray:
     """
     try:
         with open(path, "r") as fh:
-            tokens = fh.read().split()
+            text = fh.read()
     except OSError as e:
         raise InputFileError(f"{path}: cannot read matrix file ({e.strerror})") from None
     except UnicodeDecodeError:
         raise InputFileError(f"{path}: not a text matrix file") from None
+    # the matrix is the first three non-blank lines, three numbers each (what follows in a
+    # MOSFLM file -- missets, U matrix, cell -- is not used)
+    rows = [(no, line.split()) for no, line in enumerate(text.splitlines(), 1) if line.split()][:3]
     nums = []
-    for tok in tokens:
-        if len(nums) == 9:
-            break
-        if not is_number(tok):
-            raise InputFileError(f"{path}: non-numeric matrix element {tok!r}")
-        nums.append(float(tok))
+    for no, toks in rows:
+        bad = next((t for t in toks[:3] if not is_number(t)), None)
+        if bad is not None:
+            raise InputFileError(f"{path}:{no}: non-numeric matrix element {bad!r}")
+        if len(toks) != 3:
+            raise InputFileError(f"{path}:{no}: expected 3 numbers (one row of the 3x3 matrix), "
+                                 f"found {len(toks)}")
+        nums.extend(c_atof(t) for t in toks)   # as the C reads them (hex floats too)
     if len(nums) < 9:
-        raise InputFileError(f"{path}: expected a 3x3 matrix (9 numbers), found {len(nums)}")
+        raise InputFileError(f"{path}: expected a 3x3 matrix (3 lines of 3 numbers), found {len(rows)} "
+                             f"line{'s' if len(rows) != 1 else ''}")
     m = np.array(nums, dtype=np.float64).reshape(3, 3)   # rows = x, y, z components
-    if not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-30:
+    if not np.all(np.isfinite(m)):
+        raise InputFileError(f"{path}: matrix elements must be finite")
+    with np.errstate(all="ignore"):
+        norms = np.prod(np.linalg.norm(m, axis=0))   # |a*| |b*| |c*|
+        det = np.linalg.det(m)
+    if not (np.isfinite(norms) and np.isfinite(det)):
+        raise InputFileError(f"{path}: matrix elements are too large")
+    if norms == 0.0 or abs(det) <= 1e-9 * norms:
         raise InputFileError(f"{path}: matrix is singular (zero determinant)")
     scale = 1e-10 / wavelength_m
     return (m.T * scale).copy()                          # rows a*, b*, c*

@@ -17,6 +17,7 @@ is parsed with ``atof`` after the next ``=``).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import warnings
 from collections.abc import Mapping
@@ -295,6 +296,11 @@ def _read_header_bytes(fh, path) -> Tuple[str, int]:
         raise ValueError(f"{path}: invalid SMV HEADER_BYTES={size_value!r}")
     header_size = int(size_value)
     if header_size != HEADER_BYTES:
+        file_size = os.fstat(fh.fileno()).st_size
+        if header_size > file_size:   # checked before reading: never allocate what is not there
+            raise ValueError(
+                f"{path}: truncated SMV header ({file_size} of {header_size} bytes)"
+            )
         fh.seek(0)
         full = fh.read(header_size)
         if len(full) < header_size:
@@ -337,8 +343,14 @@ def read_smv(path) -> Tuple[Dict[str, str], np.ndarray]:
             written = text[tag + len("BYTE_ORDER="):][:10]
             swap = written != native_byte_order()[:10]
         # the C reader indexes the data as unsigned shorts from the file start
-        fh.seek((header_size // 2) * 2)
+        start = (header_size // 2) * 2
         nbytes = 2 * nfast * nslow
+        available = os.fstat(fh.fileno()).st_size - start
+        if available < nbytes:        # checked before reading: a bad SIZE1/SIZE2 must not allocate
+            raise ValueError(
+                f"{path}: truncated SMV data ({max(available, 0)} of {nbytes} bytes for {nfast}x{nslow} pixels)"
+            )
+        fh.seek(start)
         raw = fh.read(nbytes)
     if len(raw) < nbytes:
         raise ValueError(

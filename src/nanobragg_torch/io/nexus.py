@@ -1,0 +1,201 @@
+"""HDF5 images in the NeXus NXmx layout (through h5py), readable by DIALS/dxtbx.
+
+Layout (one frame; lengths in metres, angles in degrees, each with ``units``)::
+
+    /entry                                NXentry, definition = "NXmx"
+      data/data  -> instrument/detector/data      NXdata (signal = "data")
+      instrument                          NXinstrument
+        beam/incident_wavelength          NXbeam (angstrom)
+        detector                          NXdetector
+          data (1, slow, fast)            int32 counts or float32 photons (gzip)
+          depends_on -> transformations/origin
+          transformations/origin          translation to the outer corner of the first pixel
+          module                          NXdetector_module
+            data_origin, data_size, data_stride
+            module_offset                 translation 0, depends on .../origin
+            fast_pixel_direction          pixel size along the fast axis, depends on module_offset
+            slow_pixel_direction          pixel size along the slow axis, depends on module_offset
+          distance, beam_center_x/y (pixels), x/y_pixel_size, sensor_material/thickness,
+          pixel_mask (bit 8 = pixel switched off by -mask), saturation_value, count_time
+      sample                              NXsample, depends_on -> transformations/phi
+        transformations/phi               rotation about the spindle axis: start angle;
+                                          phi_increment_set, phi_end: the oscillation
+        beam -> instrument/beam
+      source                              NXsource
+      nanobragg                           NXcollection: the geometry in nanoBragg's own lab frame
+
+All vectors are written in the McStas frame NeXus uses (beam along +z, y up):
+:func:`~.formats.lab_to_mcstas` rotates nanoBragg's lab frame into it, so the
+detector's position and axes relative to the beam and the spindle are exactly
+those of the simulation.  dxtbx turns McStas into its imgCIF frame with
+diag(-1, 1, -1); for the default MOSFLM-style beam (+x) the panel origin it
+reads is the C program's ``DIALS_ORIGIN``.
+"""
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+
+__all__ = ["write_nexus", "DETECTOR", "MODULE"]
+
+DETECTOR = "/entry/instrument/detector"
+MODULE = DETECTOR + "/module"
+USER_MASK_BIT = 1 << 8
+
+
+def _str(group, name, value):
+    group.create_dataset(name, data=np.bytes_(value.encode("utf-8")))
+
+
+def _num(group, name, value, units=None, dtype="f8"):
+    ds = group.create_dataset(name, data=np.asarray(value, dtype=dtype))
+    if units:
+        ds.attrs["units"] = units
+    return ds
+
+
+def _axis(group, name, value, ttype, vector, depends_on, units, offset=(0.0, 0.0, 0.0)):
+    ds = group.create_dataset(name, data=np.asarray(value, dtype="f8"))
+    ds.attrs["transformation_type"] = ttype
+    ds.attrs["vector"] = np.asarray(vector, dtype="f8")
+    ds.attrs["offset"] = np.asarray(offset, dtype="f8")
+    ds.attrs["offset_units"] = "m"
+    ds.attrs["units"] = units
+    ds.attrs["depends_on"] = depends_on
+    return ds
+
+
+def _group(parent, name, nx_class):
+    g = parent.create_group(name)
+    g.attrs["NX_class"] = nx_class
+    return g
+
+
+def _need(meta: dict, *keys):
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        from .formats import FormatError
+        raise FormatError(f"NeXus writer needs the geometry keys {missing} (see frame_metadata)")
+
+
+def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
+    """Write ``image`` (slow, fast) as a one-frame NXmx file, atomically.
+
+    Integer images are stored as int32 (counts), others as float32.
+    ``meta`` is a :func:`~.formats.frame_metadata` dictionary.
+    """
+    import h5py
+
+    from .formats import atomic_path, lab_to_mcstas
+
+    _need(meta, "pixel_size_m", "wavelength_m", "fdet", "sdet", "pix0_m", "beam_vector")
+    img = np.asarray(image)
+    S, F = img.shape
+    is_int = np.issubdtype(img.dtype, np.integer)
+    if is_int:
+        from .cbf import cbf_counts
+        data = cbf_counts(img)
+    else:
+        data = np.asarray(img, dtype=np.float32)
+    R = lab_to_mcstas(meta["beam_vector"])
+    px = float(meta["pixel_size_m"])
+    fast = R @ np.asarray(meta["fdet"], dtype=float)
+    slow = R @ np.asarray(meta["sdet"], dtype=float)
+    pix0 = R @ np.asarray(meta["pix0_m"], dtype=float)
+    spindle = R @ np.asarray(meta.get("spindle_axis", (0.0, 0.0, 1.0)), dtype=float)
+    sn = np.linalg.norm(spindle)
+    spindle = spindle / sn if sn > 0 else np.array([1.0, 0.0, 0.0])
+    origin_len = float(np.linalg.norm(pix0))
+    origin_dir = pix0 / origin_len if origin_len > 0 else np.array([0.0, 0.0, 1.0])
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.attrs["default"] = "entry"
+        fh.attrs["creator"] = "nanobragg-torch"
+        fh.attrs["file_time"] = now
+        fh.attrs["NX_class"] = "NXroot"
+        entry = _group(fh, "entry", "NXentry")
+        entry.attrs["default"] = "data"
+        _str(entry, "definition", "NXmx")
+        _str(entry, "start_time", now)
+        _str(entry, "end_time_estimated", now)
+        _str(entry, "title", "nanoBragg simulated diffraction image")
+
+        inst = _group(entry, "instrument", "NXinstrument")
+        name = inst.create_dataset("name", data=np.bytes_(b"nanoBragg simulation"))
+        name.attrs["short_name"] = "nanoBragg"
+        beam = _group(inst, "beam", "NXbeam")
+        _num(beam, "incident_wavelength", float(meta["wavelength_m"]) * 1e10, "angstrom")
+
+        det = _group(inst, "detector", "NXdetector")
+        dset = det.create_dataset("data", data=data.reshape(1, S, F), chunks=(1, S, F),
+                                  compression="gzip", compression_opts=4, shuffle=True)
+        if is_int:
+            dset.attrs["units"] = "counts"
+        else:
+            dset.attrs["units"] = "photons"
+        _str(det, "depends_on", DETECTOR + "/transformations/origin")
+        _str(det, "description", "nanoBragg simulated pixel-array detector")
+        _str(det, "type", "pixel")
+        _num(det, "distance", float(meta.get("distance_m", origin_len)), "m")
+        _str(det, "distance_derived", "false")
+        _num(det, "beam_center_x", float(meta.get("beam_center_fast_m", 0.0)) / px, "pixel")
+        _num(det, "beam_center_y", float(meta.get("beam_center_slow_m", 0.0)) / px, "pixel")
+        _num(det, "x_pixel_size", px, "m")
+        _num(det, "y_pixel_size", px, "m")
+        _str(det, "sensor_material", "Silicon")
+        _num(det, "sensor_thickness", float(meta.get("sensor_thickness_m", 0.0)), "m")
+        _num(det, "count_time", float(meta.get("exposure_s", 1.0)), "s")
+        if is_int:
+            _num(det, "saturation_value", 65535 if img.dtype.itemsize <= 2 and
+                 np.issubdtype(img.dtype, np.unsignedinteger) else 2147483647, None, dtype="i8")
+        mask = np.zeros((S, F), dtype=np.int32)
+        m = meta.get("mask")
+        if m is not None and np.shape(m) == (S, F):
+            mask[np.asarray(m, dtype=bool)] = USER_MASK_BIT
+        det.create_dataset("pixel_mask", data=mask, compression="gzip", compression_opts=4)
+        det["pixel_mask_applied"] = False
+
+        trans = _group(det, "transformations", "NXtransformations")
+        _axis(trans, "origin", origin_len, "translation", origin_dir, ".", "m")
+        module = _group(det, "module", "NXdetector_module")
+        _num(module, "data_origin", [0, 0], None, dtype="i8")
+        _num(module, "data_size", [S, F], None, dtype="i8")
+        _num(module, "data_stride", [1, 1], None, dtype="i8")
+        _axis(module, "module_offset", 0.0, "translation", [1.0, 0.0, 0.0],
+              DETECTOR + "/transformations/origin", "m")
+        _axis(module, "fast_pixel_direction", px, "translation", fast, MODULE + "/module_offset", "m")
+        _axis(module, "slow_pixel_direction", px, "translation", slow, MODULE + "/module_offset", "m")
+
+        sample = _group(entry, "sample", "NXsample")
+        _str(sample, "name", "nanoBragg crystal")
+        _str(sample, "depends_on", "/entry/sample/transformations/phi")
+        strans = _group(sample, "transformations", "NXtransformations")
+        phi0 = float(meta.get("phi_start_deg", 0.0))
+        osc = float(meta.get("osc_range_deg", 0.0))
+        _axis(strans, "phi", [phi0], "rotation", spindle, ".", "deg")
+        _num(strans, "phi_increment_set", osc, "deg")
+        _num(strans, "phi_end", [phi0 + osc], "deg")
+        sample["beam"] = beam                 # NXmx 2020+: the beam also under the sample
+
+        data_group = _group(entry, "data", "NXdata")
+        data_group.attrs["signal"] = "data"
+        data_group["data"] = dset             # hard link to the detector's data
+
+        source = _group(entry, "source", "NXsource")
+        _str(source, "name", "nanoBragg simulated X-ray source")
+
+        coll = _group(entry, "nanobragg", "NXcollection")
+        coll.attrs["description"] = "geometry in nanoBragg's lab frame (metres, unit vectors)"
+        for key in ("fdet", "sdet", "odet", "pix0_m", "beam_vector", "spindle_axis", "dials_origin_mm"):
+            if key in meta:
+                _num(coll, key, [float(v) for v in meta[key]], None)
+        for key in ("pixel_size_m", "distance_m", "close_distance_m", "wavelength_m",
+                    "beam_center_fast_m", "beam_center_slow_m", "phi_start_deg", "osc_range_deg",
+                    "twotheta_deg", "orgx", "orgy", "fluence", "polarization"):
+            if key in meta:
+                _num(coll, key, float(meta[key]), None)
+        if "convention" in meta:
+            _str(coll, "convention", str(meta["convention"]))
+        _num(coll, "lab_to_mcstas", R, None)
