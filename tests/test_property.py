@@ -14,8 +14,10 @@ test functions run more than 1000 examples in all.
 """
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -37,6 +39,7 @@ def cfg(n):
 
 
 WORK = Path(tempfile.mkdtemp(prefix="nb-property-"))
+atexit.register(shutil.rmtree, WORK, True)   # hypothesis examples share it; removed at exit
 
 
 def g(x: float) -> str:

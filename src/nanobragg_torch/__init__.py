@@ -1,8 +1,18 @@
-"""nanobragg-torch: a differentiable PyTorch reimplementation of nanoBragg."""
+"""nanobragg-torch: a differentiable PyTorch reimplementation of nanoBragg.
+
+Python API (see docs/api.md): models :class:`Beam`, :class:`Detector`,
+:class:`Crystal`, :class:`StructureFactors` (``torch.nn.Module`` objects whose
+continuous fields may require grad), the function :func:`simulate` and its
+module wrapper :class:`Simulator`, and :func:`from_args` to build the models
+from nanoBragg command-line flags.
+"""
 from .config import (BeamConfig, CrystalConfig, DetectorConfig, SimulationOptions,
                      StructureFactorConfig)
+from .models import Beam, Crystal, Detector, StructureFactors
 from .simulator import SimulationResult, Simulator, simulate
+from .api import Setup, from_args
 
 __all__ = ["BeamConfig", "CrystalConfig", "DetectorConfig", "SimulationOptions",
-           "StructureFactorConfig", "SimulationResult", "Simulator", "simulate"]
+           "StructureFactorConfig", "Beam", "Crystal", "Detector", "StructureFactors",
+           "SimulationResult", "Simulator", "simulate", "Setup", "from_args"]
 __version__ = "0.1.0"

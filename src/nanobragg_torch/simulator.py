@@ -1,20 +1,29 @@
-"""The simulator: a function, ``simulate``, and a ``torch.nn.Module`` wrapper, ``Simulator``.
+"""The simulator: a function, :func:`simulate`, and a ``torch.nn.Module`` wrapper, :class:`Simulator`.
 
-    >>> from nanobragg_torch import simulate, BeamConfig, DetectorConfig, CrystalConfig, StructureFactorConfig
-    >>> res = simulate(CrystalConfig(cell=(100, 100, 100, 1.5708, 1.5708, 1.5708), Na=5, Nb=5, Nc=5),
-    ...                DetectorConfig(fpixels=64, spixels=64), BeamConfig(wavelength=6.2e-10),
-    ...                StructureFactorConfig(default_F=100))
+    >>> import math, torch
+    >>> from nanobragg_torch import Beam, Crystal, Detector, StructureFactors, simulate
+    >>> crystal = Crystal(cell=(100, 100, 100, math.pi / 2, math.pi / 2, math.pi / 2), N=5)
+    >>> detector = Detector(fpixels=64, spixels=64, distance=0.1)
+    >>> beam = Beam(wavelength=6.2e-10)
+    >>> res = simulate(crystal, detector, beam, StructureFactors(default_F=100))
     >>> res.image.shape
     torch.Size([64, 64])
 
-Every float input (config fields given as tensors, the structure-factor grid)
-is differentiable; the image is in photons per pixel.
+The models (:mod:`nanobragg_torch.models`) may equally be given as the plain
+configuration records of :mod:`nanobragg_torch.config` (as the command line
+resolves them); either may hold tensors that require grad, and the image is
+differentiable with respect to all of them.  The image is in photons per pixel.
+
+The command line is a thin layer over :func:`prepare`, :func:`build_problem`
+and :func:`nanobragg_torch.engine.render`, which :func:`simulate` chains.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -22,11 +31,18 @@ import torch
 from .config import (AVOGADRO, R_E_SQR, WATER_F, WATER_MW, BeamConfig, CrystalConfig,
                      DetectorConfig, SimulationOptions, StructureFactorConfig)
 from .engine import RenderProblem, render
+from .models.base import to_float
 from .models.beam import Beam, Sources
 from .models.crystal import Crystal, Lattice
 from .models.detector import Detector, DetectorGeometry
+from .models.structure_factors import StructureFactors
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+CrystalLike = Union[Crystal, CrystalConfig]
+DetectorLike = Union[Detector, DetectorConfig]
+BeamLike = Union[Beam, BeamConfig]
+SFLike = Union[StructureFactors, StructureFactorConfig]
 
 
 def _dtype(d) -> torch.dtype:
@@ -37,6 +53,17 @@ def _t(x, dtype, device):
     if isinstance(x, torch.Tensor):
         return x.to(dtype=dtype, device=device)
     return torch.as_tensor(x, dtype=dtype, device=device)
+
+
+def as_models(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike, structure_factors: SFLike = None):
+    """The four inputs as models (configuration records are wrapped; models pass through)."""
+    xt = crystal if isinstance(crystal, Crystal) else Crystal(crystal)
+    det = detector if isinstance(detector, Detector) else Detector(detector)
+    bm = beam if isinstance(beam, Beam) else Beam(beam)
+    sf = structure_factors
+    if sf is not None and not isinstance(sf, StructureFactors):
+        sf = StructureFactors(sf)
+    return xt, det, bm, sf
 
 
 @dataclass
@@ -56,14 +83,25 @@ class Prepared:
 
 @dataclass
 class SimulationResult:
-    image: torch.Tensor                   # (spixels, fpixels), photons per pixel
+    """What :func:`simulate` returns.
+
+    ``image`` (spixels, fpixels): photons per pixel, compute dtype/device.
+    ``prepared``: the set-up geometry (float64).  ``omega_sum``: solid angle
+    summed over all rendered sub-pixels (sr).  ``intermediates``: with
+    ``return_intermediates=True``, per-pixel diagnostics at pixel centres (see
+    :func:`pixel_intermediates`).
+    """
+    image: torch.Tensor
     prepared: Prepared
     omega_sum: torch.Tensor
     interp_warning: Optional[tuple] = None
+    intermediates: Optional[Dict[str, torch.Tensor]] = None
 
 
-def rendered_pixels(det: DetectorConfig, device="cpu") -> torch.Tensor:
+def rendered_pixels(det: Union[DetectorConfig, Detector], device="cpu") -> torch.Tensor:
     """Flat indices (raster order) of the pixels inside the ROI and not masked."""
+    if isinstance(det, Detector):
+        det = det.settings
     S, F = det.spixels, det.fpixels
     keep = np.ones((S, F), dtype=bool)
     if det.roi is not None:
@@ -77,119 +115,302 @@ def rendered_pixels(det: DetectorConfig, device="cpu") -> torch.Tensor:
     return torch.as_tensor(np.flatnonzero(keep.reshape(-1)), dtype=torch.long, device=device)
 
 
-def prepare(crystal: CrystalConfig, detector: DetectorConfig, beam: BeamConfig,
-            device="cpu", dtype=torch.float64) -> Prepared:
+def prepare(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
+            device=None, dtype=torch.float64) -> Prepared:
+    """Set-up geometry: detector basis and origin, lattice, crystal size, sources, oversampling.
+
+    Computed in ``dtype`` (float64 by default) on ``device`` (default: the
+    crystal model's device, CPU for configuration records).
+    """
+    xt, det, bm, _ = as_models(crystal, detector, beam)
     dt = _dtype(dtype)
-    bm = Beam(beam)
-    geo = Detector(detector).geometry(bm.beam_vector(dt, device), dtype=dt, device=device)
-    xt = Crystal(crystal)
+    device = xt.device if device is None else device
+    geo = det.geometry(bm.beam_vector_unit(dt, device), dtype=dt, device=device)
     lat = xt.lattice(dt, device)
     N = xt.cell_counts(lat, dt, device)
-    sizes = tuple(float(n) * float(torch.linalg.vector_norm(v)) for n, v in zip(N, (lat.a, lat.b, lat.c)))
+    sizes = tuple(to_float(n) * to_float(torch.linalg.vector_norm(v)) for n, v in zip(N, (lat.a, lat.b, lat.c)))
     xtalsize_max = max(sizes)
-    recip_pixel = float(beam.wavelength) * float(geo.distance) / float(detector.pixel_size)
+    pixel_size = det.plain("pixel_size")
+    recip_pixel = bm.plain("wavelength") * to_float(geo.distance) / pixel_size
     recommended = int(math.ceil(3.0 * xtalsize_max / recip_pixel)) if recip_pixel != 0 else 1
     if recommended <= 0:
         recommended = 1
-    oversample = detector.oversample if detector.oversample > 0 else recommended
+    oversample = det.settings.oversample if det.settings.oversample > 0 else recommended
     src = bm.sources(dt, device)
-    domains = 1 if crystal.mosaic_umats is None else len(crystal.mosaic_umats)
-    steps = src.incident.shape[0] * domains * crystal.phisteps * oversample * oversample
-    water = _t(beam.water_size, dt, device)
-    I_bg = WATER_F * WATER_F * R_E_SQR * _t(beam.fluence, dt, device) * water ** 3 * 1e6 * AVOGADRO / WATER_MW
+    steps = src.incident.shape[0] * xt.domains * xt.settings.phisteps * oversample * oversample
+    water = bm.value("water_size", dt, device)
+    I_bg = WATER_F * WATER_F * R_E_SQR * bm.value("fluence", dt, device) * water ** 3 * 1e6 * AVOGADRO / WATER_MW
     return Prepared(geometry=geo, lattice=lat, N=N, oversample=oversample,
                     recommended_oversample=recommended, sources=src, steps=steps, I_bg=I_bg,
-                    pixels=rendered_pixels(detector, device), xtal_size=sizes)
+                    pixels=rendered_pixels(det.settings, device), xtal_size=sizes)
 
 
 def _plain(x, conv):
-    """A Python float unless x carries a gradient (plain numbers select cheaper kernels)."""
-    if isinstance(x, torch.Tensor) and x.requires_grad:
+    """A Python float unless x carries a gradient or is not a whole number (plain whole
+    numbers select cheaper kernels; a fractional N needs the continuous-N formulas)."""
+    if isinstance(x, torch.Tensor) and (x.requires_grad or float(x.detach()) != math.floor(float(x.detach()))):
         return conv(x)
     return float(x)
 
 
-def build_problem(prep: Prepared, crystal: CrystalConfig, detector: DetectorConfig, beam: BeamConfig,
-                  sf: StructureFactorConfig, options: SimulationOptions) -> RenderProblem:
+def build_problem(prep: Prepared, crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
+                  sf: SFLike, options: SimulationOptions) -> RenderProblem:
+    """The engine's input: everything cast to the options' dtype and device."""
+    xt, det, bm, sfm = as_models(crystal, detector, beam, sf)
     dt = _dtype(options.dtype)
     dev = options.device
     c = lambda x: _t(x, dt, dev)
+    v = lambda model, name: model.value(name, dt, dev)
     geo = prep.geometry
-    xt = Crystal(crystal)
-    lat_all = xt.rotated_lattices(prep.lattice, torch.float64, prep.lattice.a.device)
+    set_dev = prep.lattice.a.device
+    lat_all = xt.rotated_lattices(prep.lattice, torch.float64, set_dev)
     lat_first = None
-    if crystal.phi_carryover:
-        lat_first = xt.rotated_lattices(prep.lattice, torch.float64, prep.lattice.a.device, first=True)
+    if xt.settings.phi_carryover:
+        lat_first = xt.rotated_lattices(prep.lattice, torch.float64, set_dev, first=True)
         if torch.equal(lat_first, lat_all):
             lat_first = None
     F_grid = None
     F_shape = (0, 0, 0)
-    if sf.grid is not None:
-        g = sf.grid if isinstance(sf.grid, torch.Tensor) else torch.as_tensor(np.asarray(sf.grid))
+    if sfm.grid is not None:
+        g = sfm.value("grid", dt, dev)
         F_shape = tuple(g.shape)
-        F_grid = c(g).reshape(-1)
+        F_grid = g.reshape(-1)
+    dc = det.settings
     return RenderProblem(
-        spixels=detector.spixels, fpixels=detector.fpixels, pixel_size=c(detector.pixel_size),
-        oversample=prep.oversample, thicksteps=detector.thicksteps, thickstep=c(detector.thickstep),
-        mu=c(detector.mu), thickness_on=bool(float(detector.thickness) != 0.0),
+        spixels=dc.spixels, fpixels=dc.fpixels, pixel_size=v(det, "pixel_size"),
+        oversample=prep.oversample, thicksteps=dc.thicksteps, thickstep=v(det, "thickstep"),
+        mu=v(det, "mu"), thickness_on=bool(det.plain("thickness") != 0.0),
         fdet=c(geo.fdet), sdet=c(geo.sdet), odet=c(geo.odet), pix0=c(geo.pix0),
         beam_vector=c(geo.beam_vector), distance=c(geo.distance), close_distance=c(geo.close_distance),
-        curved=detector.curved, point_pixel=detector.point_pixel,
+        curved=dc.curved, point_pixel=dc.point_pixel,
         incident=c(prep.sources.incident), wavelength=c(prep.sources.wavelength),
-        polar_vector=c(Beam(beam).polar_vector(torch.float64)), kahn=c(beam.polarization), nopolar=beam.nopolar,
+        polar_vector=c(bm.polar_vector_unit(torch.float64, set_dev)), kahn=v(bm, "polarization"),
+        nopolar=bm.settings.nopolar,
         lattices=c(lat_all), lattices_first=None if lat_first is None else c(lat_first),
         recip=c(prep.lattice.reciprocal_matrix()),
-        Na=_plain(prep.N[0], c), Nb=_plain(prep.N[1], c), Nc=_plain(prep.N[2], c), shape=crystal.shape, fudge=c(crystal.fudge),
-        F_grid=F_grid, F_shape=F_shape, hkl_min=tuple(sf.hkl_min), hkl_max=tuple(sf.hkl_max),
-        hkls=sf.hkls, default_F=c(sf.default_F), interpolate=bool(sf.interpolate and sf.hkls > 0),
-        fluence=c(beam.fluence), r_e_sqr=R_E_SQR, steps=prep.steps, I_bg=c(prep.I_bg),
-        water=bool(float(beam.water_size) != 0.0), dmin=float(options.dmin),
-        oversample_thick=detector.oversample_thick, oversample_polar=detector.oversample_polar,
-        oversample_omega=detector.oversample_omega, pixels=prep.pixels.to(dev),
+        Na=_plain(prep.N[0], c), Nb=_plain(prep.N[1], c), Nc=_plain(prep.N[2], c), shape=xt.settings.shape,
+        fudge=v(xt, "fudge"),
+        F_grid=F_grid, F_shape=F_shape, hkl_min=sfm.hkl_min, hkl_max=sfm.hkl_max,
+        hkls=sfm.hkls, default_F=v(sfm, "default_F"), interpolate=bool(sfm.interpolate and sfm.hkls > 0),
+        fluence=v(bm, "fluence"), r_e_sqr=R_E_SQR, steps=prep.steps, I_bg=c(prep.I_bg),
+        water=bool(bm.plain("water_size") != 0.0), dmin=float(options.dmin),
+        oversample_thick=dc.oversample_thick, oversample_polar=dc.oversample_polar,
+        oversample_omega=dc.oversample_omega, pixels=prep.pixels.to(dev),
         reduced_sincg=(dt != torch.float64),
     )
 
 
-def simulate(crystal: CrystalConfig, detector: DetectorConfig, beam: BeamConfig,
-             structure_factors: StructureFactorConfig, options: Optional[SimulationOptions] = None,
-             progress: Optional[Callable[[int, int], None]] = None) -> SimulationResult:
-    """Render one image.
+def pixel_intermediates(pb: RenderProblem) -> Dict[str, torch.Tensor]:
+    """Per-pixel diagnostics at pixel centres (first layer, first source, first orientation).
 
-    Returns a :class:`SimulationResult` whose ``image`` (spixels, fpixels) is in
-    photons per pixel, with the options' dtype and device.  Set-up geometry is
-    computed in float64 and cast to the compute dtype.
+    Returns a dict of tensors (differentiable like the image):
+    ``position`` (S, F, 3) m, ``diffracted`` (S, F, 3) unit vectors,
+    ``scattering_vector`` (S, F, 3) 1/m, ``hkl`` (S, F, 3) fractional Miller
+    indices, ``F_latt`` (S, F) lattice transform amplitude, ``F_cell`` (S, F)
+    structure factor (nearest grid point, or default_F), ``solid_angle`` (S, F)
+    sr, ``polarization`` (S, F), ``lattices`` (M, 3, 3) m (rows a, b, c for every
+    phi step x mosaic domain).
     """
-    options = options or SimulationOptions()
-    prep = prepare(crystal, detector, beam, device=options.device, dtype=torch.float64)
-    pb = build_problem(prep, crystal, detector, beam, structure_factors, options)
-    res = render(pb, options.max_chunk_elements, progress=progress)
+    from . import engine as eng
+    from .physics.detector_response import solid_angle
+    from .physics.polarization import polarization_factor
+    S, F = pb.spixels, pb.fpixels
+    pix = torch.arange(S * F, device=pb.fdet.device)
+    pb1 = dataclasses.replace(pb, oversample=1)
+    pos = eng._subpixel_positions(pb1, pix)[:, 0, 0, 0]                       # (P, 3)
+    air = torch.linalg.vector_norm(pos, dim=-1)
+    d = pos / air.unsqueeze(-1)
+    q = (d - pb.incident[0]) / pb.wavelength[0]
+    lat0 = pb.lattices[0]
+    h, k, l = q @ lat0[0], q @ lat0[1], q @ lat0[2]
+    F_latt = eng.lattice_factor(pb, h, k, l)
+    F_cell = eng.nearest_F(pb, h, k, l)
+    omega = solid_angle(pb.pixel_size, air, pb.close_distance, pb.point_pixel)
+    if pb.nopolar:
+        polar = torch.ones_like(air)
+    else:
+        polar = polarization_factor(pb.kahn, pb.incident[0].expand_as(d), d, pb.polar_vector)
+    shp = lambda x: x.reshape(S, F, *x.shape[1:])
+    return dict(position=shp(pos), diffracted=shp(d), scattering_vector=shp(q),
+                hkl=shp(torch.stack([h, k, l], -1)), F_latt=shp(F_latt), F_cell=shp(F_cell),
+                solid_angle=shp(omega), polarization=shp(polar), lattices=pb.lattices)
+
+
+class _RecomputedChunk(torch.autograd.Function):
+    """One chunk rendered without keeping intermediates; the backward pass recomputes it.
+
+    (``torch.utils.checkpoint`` would do the same but imports ``torch._dynamo``,
+    which takes many seconds on a small machine.)
+    """
+
+    @staticmethod
+    def forward(ctx, pb, pix, snapshot, holder, names, *tensors):
+        from .engine import render_chunk
+        st = copy.copy(snapshot)
+        v, osum = render_chunk(pb, pix, st)
+        holder.append(st)
+        ctx.pb, ctx.pix, ctx.snapshot, ctx.names = pb, pix, snapshot, names
+        ctx.save_for_backward(*tensors)
+        return v, osum
+
+    @staticmethod
+    def backward(ctx, grad_v, grad_osum):
+        from .engine import render_chunk
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
+            pb = dataclasses.replace(ctx.pb, **dict(zip(ctx.names, leaves)))
+            v, osum = render_chunk(pb, ctx.pix, copy.copy(ctx.snapshot))
+            # a scalar (not grad_outputs: that makes autograd import sympy, seconds of start-up)
+            total = None
+            for o, g in ((v, grad_v), (osum, grad_osum)):
+                if o.requires_grad and g is not None:
+                    term = (o * g).sum()
+                    total = term if total is None else total + term
+            grads = (torch.autograd.grad(total, leaves, allow_unused=True) if total is not None
+                     else [None] * len(leaves))
+        return (None, None, None, None, None, *grads)
+
+
+def render_checkpointed(pb: RenderProblem, max_elements: int = (1 << 19),
+                        progress: Optional[Callable[[int, int], None]] = None):
+    """:func:`nanobragg_torch.engine.render` keeping no per-chunk intermediates for backward.
+
+    The backward pass recomputes each chunk's forward instead, so memory is
+    bounded by one chunk (at the price of one extra forward pass).  The
+    chunk's loop-carried state (interpolation switch-off, C-PARITY-001 first
+    evaluation) is snapshotted, so the recomputation sees what the first
+    computation saw.
+    """
+    from .engine import RenderResult, RenderState, choose_chunk, render_chunk
+    state = RenderState(interpolate=pb.interpolate)
+    dtype, dev = pb.fdet.dtype, pb.fdet.device
+    n = pb.pixels.shape[0]
+    chunk = choose_chunk(pb, max_elements)
+    names = [f.name for f in dataclasses.fields(pb)
+             if isinstance(getattr(pb, f.name), torch.Tensor) and getattr(pb, f.name).requires_grad]
+    tensors = [getattr(pb, n_) for n_ in names]
+    values = []
+    omega_sum = torch.zeros((), dtype=dtype, device=dev)
+    for start in range(0, n, chunk):
+        pix = pb.pixels[start:start + chunk]
+        if names and torch.is_grad_enabled():
+            holder = []
+            v, osum = _RecomputedChunk.apply(pb, pix, copy.copy(state), holder, names, *tensors)
+            state = holder[0]
+        else:
+            v, osum = render_chunk(pb, pix, state)
+        values.append(v)
+        omega_sum = omega_sum + osum
+        if progress is not None:
+            progress(min(start + chunk, n), n)
+    flat = torch.zeros(pb.spixels * pb.fpixels, dtype=dtype, device=dev)
+    if n:
+        flat = flat.index_put((pb.pixels,), torch.cat(values))
+    return RenderResult(image=flat.reshape(pb.spixels, pb.fpixels), omega_sum=omega_sum, state=state)
+
+
+def _options_for(xt: Crystal, options: Optional[SimulationOptions]) -> SimulationOptions:
+    if options is not None:
+        return options
+    return SimulationOptions(dtype=xt.dtype if xt.dtype in (torch.float32, torch.float64) else "float64",
+                             device=str(xt.device))
+
+
+def simulate(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
+             structure_factors: SFLike, options: Optional[SimulationOptions] = None,
+             progress: Optional[Callable[[int, int], None]] = None,
+             return_intermediates: bool = False, checkpoint: bool = False) -> SimulationResult:
+    """Render one diffraction image.
+
+    Args:
+        crystal: :class:`~nanobragg_torch.models.crystal.Crystal` or
+            :class:`~nanobragg_torch.config.CrystalConfig`: cell (Angstrom,
+            rad), orientation, N, mosaicity, phi sweep.
+        detector: :class:`~nanobragg_torch.models.detector.Detector` or
+            :class:`~nanobragg_torch.config.DetectorConfig` (m, rad).
+        beam: :class:`~nanobragg_torch.models.beam.Beam` or
+            :class:`~nanobragg_torch.config.BeamConfig` (wavelength in m,
+            fluence in photons/m^2, sources).
+        structure_factors: :class:`~nanobragg_torch.models.structure_factors.StructureFactors`
+            or :class:`~nanobragg_torch.config.StructureFactorConfig`.
+        options: dtype ("float32"/"float64" or a torch dtype), device, chunk
+            size, d_min.  Default: the crystal model's dtype and device
+            (float64 on the CPU for configuration records).
+        progress: optional callback ``progress(done_pixels, total_pixels)``.
+        return_intermediates: also compute per-pixel diagnostics
+            (:func:`pixel_intermediates`) into ``result.intermediates``.
+        checkpoint: bound the memory of the backward pass by recomputing
+            each chunk of pixels in the backward pass instead of keeping its
+            intermediates (gradient checkpointing); costs one more forward pass.  Use
+            ``options.max_chunk_elements`` to choose the chunk size.
+
+    Returns:
+        :class:`SimulationResult`; ``result.image`` has shape (spixels,
+        fpixels), photons per pixel, in the compute dtype on the compute
+        device, and is differentiable with respect to every tensor input that
+        requires grad.  The set-up geometry is computed in float64 and cast to
+        the compute dtype.
+    """
+    xt, det, bm, sf = as_models(crystal, detector, beam, structure_factors)
+    options = _options_for(xt, options)
+    prep = prepare(xt, det, bm, device=options.device, dtype=torch.float64)
+    pb = build_problem(prep, xt, det, bm, sf, options)
+    if checkpoint:
+        res = render_checkpointed(pb, options.max_chunk_elements, progress=progress)
+    else:
+        res = render(pb, options.max_chunk_elements, progress=progress)
+    inter = pixel_intermediates(pb) if return_intermediates else None
     return SimulationResult(image=res.image, prepared=prep, omega_sum=res.omega_sum,
-                            interp_warning=res.state.oob_warning)
+                            interp_warning=res.state.oob_warning, intermediates=inter)
 
 
 class Simulator(torch.nn.Module):
-    """``torch.nn.Module`` wrapper: holds the configurations, ``forward()`` renders.
+    """``torch.nn.Module`` wrapper of :func:`simulate`: holds the four models, ``forward()`` renders.
 
-    Tensors placed in the configurations (for example ``CrystalConfig.cell``
-    entries, ``DetectorConfig.distance``) are registered as parameters when
-    they require grad, so optimisers can find them through ``parameters()``.
+    Args:
+        crystal, detector, beam, structure_factors: models or configuration
+            records (records are wrapped into models).  The models become
+            submodules, so their ``torch.nn.Parameter`` fields appear in
+            ``parameters()`` and ``.to(device, dtype)`` moves every tensor
+            (parameters, fixed values and cached arrays such as mosaic
+            rotations and the structure-factor grid).
+        options: chunk size, d_min (and the initial dtype/device, default
+            float64 on the CPU).  After construction the compute dtype and
+            device follow the module (``.to()``, ``.float()``, ``.double()``).
+
+        checkpoint: recompute chunks in the backward pass instead of storing
+            their intermediates (see :func:`simulate`).
+
+    ``forward(return_intermediates=False)`` returns the image (spixels,
+    fpixels) in photons per pixel, or ``(image, intermediates)``.
     """
 
-    def __init__(self, crystal: CrystalConfig, detector: DetectorConfig, beam: BeamConfig,
-                 structure_factors: StructureFactorConfig, options: Optional[SimulationOptions] = None):
+    def __init__(self, crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
+                 structure_factors: SFLike, options: Optional[SimulationOptions] = None,
+                 checkpoint: bool = False):
         super().__init__()
-        self.crystal, self.detector, self.beam = crystal, detector, beam
-        self.structure_factors = structure_factors
+        self.checkpoint = checkpoint
+        xt, det, bm, sf = as_models(crystal, detector, beam, structure_factors)
         self.options = options or SimulationOptions()
-        n = 0
-        for cfg in (crystal, detector, beam, structure_factors):
-            for name, val in vars(cfg).items():
-                vals = val if isinstance(val, (list, tuple)) else [val]
-                for v in vals:
-                    if isinstance(v, torch.nn.Parameter) or (isinstance(v, torch.Tensor) and v.requires_grad):
-                        self.register_parameter(f"p{n}_{name}", v if isinstance(v, torch.nn.Parameter)
-                                                else torch.nn.Parameter(v, requires_grad=True) if v.is_leaf else None)
-                        n += 1
+        dt = _dtype(self.options.dtype)
+        self.crystal = xt.to(device=self.options.device, dtype=dt)
+        self.detector = det.to(device=self.options.device, dtype=dt)
+        self.beam = bm.to(device=self.options.device, dtype=dt)
+        self.structure_factors = sf.to(device=self.options.device, dtype=dt)
+        self.register_buffer("_ref", torch.zeros((), dtype=dt, device=self.options.device), persistent=False)
 
-    def forward(self) -> torch.Tensor:
-        return simulate(self.crystal, self.detector, self.beam, self.structure_factors, self.options).image
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._ref.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._ref.device
+
+    def forward(self, return_intermediates: bool = False):
+        opts = dataclasses.replace(self.options, dtype=self.dtype, device=str(self.device))
+        res = simulate(self.crystal, self.detector, self.beam, self.structure_factors, opts,
+                       return_intermediates=return_intermediates, checkpoint=self.checkpoint)
+        if return_intermediates:
+            return res.image, res.intermediates
+        return res.image

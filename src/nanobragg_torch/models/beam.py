@@ -8,36 +8,37 @@ the source; the incident direction is its negative.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..config import BeamConfig
 from ..physics.rotation import rotate_axis
+from .base import TensorModel, to_float
 
 
-def _t(x, dtype, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype=dtype, device=device)
-    return torch.as_tensor(x, dtype=dtype, device=device)
+def divergence_grid(c) -> List[Tuple[float, float]]:
+    """(hdiv, vdiv) pairs (radians) kept by the elliptical trim, in loop order.
 
-
-def divergence_grid(c: BeamConfig) -> List[Tuple[float, float]]:
-    """(hdiv, vdiv) pairs (radians) kept by the elliptical trim, in loop order."""
+    ``c`` is a :class:`BeamConfig` or a :class:`Beam` (its fields are read as floats).
+    """
+    g = lambda name: to_float(getattr(c, name))
+    hdivstep, hdivrange, vdivstep, vdivrange = g("hdivstep"), g("hdivrange"), g("vdivstep"), g("vdivrange")
+    cfg = c.settings if isinstance(c, Beam) else c
     out = []
-    for ih in range(c.hdivsteps):
-        for iv in range(c.vdivsteps):
-            hdiv = c.hdivstep * ih - c.hdivrange / 2.0
-            vdiv = c.vdivstep * iv - c.vdivrange / 2.0
+    for ih in range(cfg.hdivsteps):
+        for iv in range(cfg.vdivsteps):
+            hdiv = hdivstep * ih - hdivrange / 2.0
+            vdiv = vdivstep * iv - vdivrange / 2.0
             with np.errstate(divide="ignore", invalid="ignore"):
-                hr = np.float64(c.hdivrange)
-                vr = np.float64(c.vdivrange)
-                test = (hdiv * hdiv - c.hdivstep * c.hdivstep / 4.0 * (1 - c.hdivsteps % 2)) / hr / hr
-                test = test + (vdiv * vdiv - c.vdivstep * c.vdivstep / 4.0 * (1 - c.vdivsteps % 2)) / vr / vr
-            if c.round_div and test * 4.0 > 1.1:
+                hr = np.float64(hdivrange)
+                vr = np.float64(vdivrange)
+                test = (hdiv * hdiv - hdivstep * hdivstep / 4.0 * (1 - cfg.hdivsteps % 2)) / hr / hr
+                test = test + (vdiv * vdiv - vdivstep * vdivstep / 4.0 * (1 - cfg.vdivsteps % 2)) / vr / vr
+            if cfg.round_div and test * 4.0 > 1.1:
                 continue
             out.append((hdiv, vdiv))
     return out
@@ -52,52 +53,106 @@ class Sources:
     divsteps: int
 
 
-class Beam:
-    """An X-ray beam built from a :class:`BeamConfig`; the wavelength, fluence
-    and polarization may be tensors that require grad."""
+_CONTINUOUS = ("wavelength", "beam_vector", "polar_vector", "polarization", "fluence",
+               "hdivrange", "hdivstep", "vdivrange", "vdivstep", "dispersion", "dispstep",
+               "source_distance", "source_xyz", "source_lambda", "source_weight", "water_size")
 
-    def __init__(self, config: BeamConfig):
-        self.config = config
 
-    def beam_vector(self, dtype=torch.float64, device="cpu") -> torch.Tensor:
-        b = _t(self.config.beam_vector, dtype, device)
+class Beam(TensorModel):
+    """An X-ray beam and its source points, as a ``torch.nn.Module``.
+
+    Build it from a :class:`~nanobragg_torch.config.BeamConfig`, from keyword
+    arguments, or both (keywords override).  Continuous fields may be tensors
+    that require grad:
+
+    ``wavelength`` (scalar, m, default 1e-10)
+        central wavelength; dispersion steps and generated sources scale it;
+    ``fluence`` (scalar, photons/m^2, default 1.259e29);
+    ``polarization`` (scalar, Kahn factor in [-1, 1], default 0: unpolarized);
+    ``beam_vector`` (3-vector, default (1, 0, 0))
+        direction of propagation, source to sample;
+    ``polar_vector`` (3-vector, default (0, 0, 1)): the E-vector direction;
+    ``hdivrange``/``hdivstep``, ``vdivrange``/``vdivstep`` (rad), ``dispersion``/
+        ``dispstep`` (fraction), ``source_distance`` (m, default 10)
+        the divergence and dispersion grid (with the discrete ``hdivsteps``,
+        ``vdivsteps``, ``dispsteps``, ``round_div``);
+    ``source_xyz`` ((S, 3), m), ``source_lambda`` ((S,), m), ``source_weight``
+        ((S,), reported only): explicit sources, replacing the grid;
+    ``water_size`` (scalar, m): water background droplet size.
+
+    ``nopolar`` switches the polarization factor off.
+    """
+
+    _fields = _CONTINUOUS
+
+    def __init__(self, config: Optional[BeamConfig] = None, **kwargs):
+        super().__init__()
+        names = {f.name for f in dataclasses.fields(BeamConfig)}
+        bad = set(kwargs) - names
+        if bad:
+            raise TypeError(f"Beam: unknown field(s) {sorted(bad)}")
+        disc = {k: v for k, v in kwargs.items() if k not in _CONTINUOUS}
+        cfg = BeamConfig(**disc) if config is None else dataclasses.replace(config, **disc)
+        object.__setattr__(self, "settings", cfg)
+        src = config if config is not None else cfg
+        for name in _CONTINUOUS:
+            setattr(self, name, kwargs[name] if name in kwargs else getattr(src, name))
+
+    @property
+    def nopolar(self) -> bool:
+        return self.settings.nopolar
+
+    def to_config(self) -> BeamConfig:
+        """A :class:`BeamConfig` holding this model's current values."""
+        return dataclasses.replace(self.settings, **{n: getattr(self, n) for n in _CONTINUOUS})
+
+    def beam_vector_unit(self, dtype=torch.float64, device=None) -> torch.Tensor:
+        b = self.value("beam_vector", dtype, device)
         return b / torch.linalg.vector_norm(b)
 
-    def polar_vector(self, dtype=torch.float64, device="cpu") -> torch.Tensor:
-        p = _t(self.config.polar_vector, dtype, device)
+    def polar_vector_unit(self, dtype=torch.float64, device=None) -> torch.Tensor:
+        p = self.value("polar_vector", dtype, device)
         n = torch.linalg.vector_norm(p)
         return torch.where(n > 0, p / torch.where(n > 0, n, torch.ones_like(n)), p)
 
-    def sources(self, dtype=torch.float64, device="cpu") -> Sources:
-        c = self.config
-        beam = self.beam_vector(dtype, device)
-        lam0 = _t(c.wavelength, dtype, device)
-        if c.source_xyz is not None and len(c.source_xyz) > 0:
-            xyz = np.array(c.source_xyz, dtype=np.float64).reshape(-1, 3)
-            pos = torch.as_tensor(xyz, dtype=dtype, device=device)
+    def sources(self, dtype=torch.float64, device=None) -> Sources:
+        """Incident directions (S, 3), wavelengths (S,), positions and weights of all sources."""
+        c = self.settings
+        device = self.device if device is None else device
+        beam = self.beam_vector_unit(dtype, device)
+        lam0 = self.value("wavelength", dtype, device)
+        if self.source_xyz is not None and self.source_xyz.numel() > 0:
+            pos = self.value("source_xyz", dtype, device).reshape(-1, 3)
             missing = torch.isnan(pos)
-            pos = torch.where(missing, (-c.source_distance * beam).expand_as(pos), pos)
-            lam = np.array(c.source_lambda, dtype=np.float64)
-            lam_t = torch.as_tensor(lam, dtype=dtype, device=device)
-            lam_t = torch.where(torch.isnan(lam_t), lam0.expand_as(lam_t), lam_t)
-            w = np.array(c.source_weight if c.source_weight is not None else np.ones(len(xyz)), dtype=np.float64)
-            w = np.where(np.isnan(w), 1.0, w)
-            weight = torch.as_tensor(w, dtype=dtype, device=device)
+            sd = self.value("source_distance", dtype, device)
+            pos = torch.where(missing, (-sd * beam).expand_as(pos), pos)
+            n = pos.shape[0]
+            if self.source_lambda is not None:
+                lam_t = self.value("source_lambda", dtype, device).reshape(-1)
+                lam_t = torch.where(torch.isnan(lam_t), lam0.expand_as(lam_t), lam_t)
+            else:
+                lam_t = lam0.expand(n)
+            if self.source_weight is not None:
+                weight = self.value("source_weight", dtype, device).reshape(-1)
+                weight = torch.where(torch.isnan(weight), torch.ones_like(weight), weight)
+            else:
+                weight = torch.ones(n, dtype=dtype, device=device)
             divsteps = 0
         else:
-            polar = self.polar_vector(dtype, device)
+            polar = self.polar_vector_unit(dtype, device)
             vert = torch.linalg.cross(beam, polar)
             vn = torch.linalg.vector_norm(vert)
             vert = torch.where(vn > 0, vert / torch.where(vn > 0, vn, torch.ones_like(vn)), vert)
-            grid = divergence_grid(c)
+            grid = divergence_grid(self)
             divsteps = len(grid)
-            start = -c.source_distance * beam
+            start = -self.plain("source_distance") * beam
             dirs = []
             for hdiv, vdiv in grid:
                 v = rotate_axis(start, polar, hdiv * 0 + vdiv)
                 v = rotate_axis(v, vert, hdiv)
                 dirs.append(v)
-            lam_f = [1.0 + c.dispstep * d - c.dispersion / 2.0 for d in range(c.dispsteps)]
+            dstep, disp = self.plain("dispstep"), self.plain("dispersion")
+            lam_f = [1.0 + dstep * d - disp / 2.0 for d in range(c.dispsteps)]
             pos = torch.stack([v for v in dirs for _ in lam_f]) if dirs else torch.zeros(0, 3, dtype=dtype, device=device)
             lam_t = torch.stack([lam0 * f for _ in dirs for f in lam_f]) if dirs else torch.zeros(0, dtype=dtype, device=device)
             n = max(len(dirs) * len(lam_f), 1)

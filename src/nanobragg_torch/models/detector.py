@@ -14,18 +14,15 @@ Follows the reference program's geometry step for step:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Dict, Optional
 
 import torch
 
 from ..config import DetectorConfig
 from ..physics.rotation import rotate_axis, rotate_xyz
-
-
-def _t(x, dtype, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype=dtype, device=device)
-    return torch.as_tensor(x, dtype=dtype, device=device)
+from .base import TensorModel, as_tensor, to_float
 
 
 @dataclass
@@ -43,6 +40,10 @@ class DetectorGeometry:
     Fclose: torch.Tensor
     Sclose: torch.Tensor
     beam_vector: torch.Tensor
+    # the intermediate values of the construction above, under the names of the C's -DTRACING build
+    # (initial_fdet, fdet_after_rotz, fdet_after_twotheta, twotheta_axis, term_fast, pix0_after_rotz, ...);
+    # read by the per-pixel trace
+    stages: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def orgx_orgy(self, pixel_size):
         return self.Fclose / pixel_size + 0.5, self.Sclose / pixel_size + 0.5
@@ -52,59 +53,160 @@ class DetectorGeometry:
         return torch.stack([1000.0 * p[2], 1000.0 * p[1], -1000.0 * p[0]])
 
 
-class Detector:
-    """A pixel-array detector built from a :class:`DetectorConfig`.
+_CONTINUOUS = ("pixel_size", "distance", "close_distance", "Fbeam", "Sbeam", "Fclose", "Sclose",
+               "fdet_vector", "sdet_vector", "odet_vector", "detector_rotx", "detector_roty",
+               "detector_rotz", "twotheta", "twotheta_axis", "thickness", "mu", "thickstep")
 
-    Continuous parameters (distance, beam centre, rotations, two-theta, pixel
-    size, thickness, attenuation) may be tensors that require grad.
+
+class Detector(TensorModel):
+    """A flat (or curved) pixel-array detector, as a ``torch.nn.Module``.
+
+    Build it from a :class:`~nanobragg_torch.config.DetectorConfig` (as the
+    command line resolves one), from keyword arguments, or both (keywords
+    override the record's fields).  Continuous fields are tensors that may
+    require grad (see :mod:`nanobragg_torch.models.base`); all lengths are in
+    metres and angles in radians:
+
+    ``distance`` (scalar, m, default 0.1)
+        sample to the beam spot on the detector, along the beam (before the
+        C's r-factor update for a rotated detector);
+    ``close_distance`` (scalar, m, default None = derived from distance)
+        sample to the detector plane along its normal;
+    ``Fbeam``, ``Sbeam`` (scalars, m)
+        where the direct beam hits, along the fast/slow axes from the first
+        pixel's outer corner (beam pivot).  Default (keywords only): the
+        MOSFLM-convention default of the C program for this detector size,
+        ``size/2 + pixel_size``; for a pixel coordinate ``x`` (0 = centre of the
+        first pixel) use ``(x + 0.5) * pixel_size``;
+    ``Fclose``, ``Sclose`` (scalars, m)
+        the near point (sample pivot), default size/2;
+    ``pixel_size`` (scalar, m, default 1e-4);
+    ``detector_rotx``, ``detector_roty``, ``detector_rotz`` (scalars, rad, default 0)
+        rotations about the lab x, y, z axes, applied in that order;
+    ``twotheta`` (scalar, rad, default 0) about ``twotheta_axis`` (3-vector);
+    ``fdet_vector``, ``sdet_vector``, ``odet_vector`` (3-vectors)
+        unrotated fast, slow and normal axes (default MOSFLM: z, -y, x);
+    ``thickness`` (scalar, m, default 0), ``mu`` (scalar, 1/m: attenuation
+        coefficient; default 1/thickness when a thickness is given as a keyword,
+        as the command line), ``thickstep`` (scalar, m; default
+        thickness/(thicksteps-1) when thickness is given as a keyword).
+
+    Discrete fields (``fpixels``, ``spixels``, ``pivot``, ``oversample``,
+    ``thicksteps``, ``curved``, ``point_pixel``, ``oversample_*``, ``roi``,
+    ``mask``, ``convention``) are taken as given.  The model moves with
+    ``.to(device, dtype)``.
     """
 
-    def __init__(self, config: DetectorConfig):
-        self.config = config
+    _fields = _CONTINUOUS
 
+    def __init__(self, config: Optional[DetectorConfig] = None, **kwargs):
+        super().__init__()
+        names = {f.name for f in dataclasses.fields(DetectorConfig)}
+        bad = set(kwargs) - names
+        if bad:
+            raise TypeError(f"Detector: unknown field(s) {sorted(bad)}")
+        if config is None:
+            cfg = DetectorConfig(**{k: v for k, v in kwargs.items() if k not in _CONTINUOUS})
+            px = to_float(kwargs.get("pixel_size", cfg.pixel_size))
+            size_f = cfg.detsize_f if cfg.detsize_f is not None else cfg.fpixels * px
+            size_s = cfg.detsize_s if cfg.detsize_s is not None else cfg.spixels * px
+            # the C's MOSFLM defaults for this detector size
+            defaults = dict(Fbeam=size_f / 2 + px, Sbeam=size_s / 2 + px, Fclose=size_f / 2, Sclose=size_s / 2)
+            for k, v in defaults.items():
+                kwargs.setdefault(k, v)
+            if "Xbeam" not in kwargs:
+                cfg.Xbeam, cfg.Ybeam = (size_s + px) / 2, (size_f + px) / 2
+                cfg.Xclose, cfg.Yclose = size_f / 2, size_s / 2
+            if "thickness" in kwargs and "thickstep" not in kwargs:
+                n = cfg.thicksteps
+                if to_float(kwargs["thickness"]) > 0 and n < 2:
+                    n = cfg.thicksteps = 2
+                kwargs["thickstep"] = kwargs["thickness"] / (n - 1) if n > 1 else kwargs["thickness"]
+            if "thickness" in kwargs and "mu" not in kwargs and to_float(kwargs["thickness"]) > 0:
+                kwargs["mu"] = 1.0 / to_float(kwargs["thickness"])     # the C's default attenuation
+        else:
+            cfg = dataclasses.replace(config, **{k: v for k, v in kwargs.items() if k not in _CONTINUOUS})
+        object.__setattr__(self, "settings", cfg)
+        for name in _CONTINUOUS:
+            setattr(self, name, kwargs[name] if name in kwargs else getattr(config or cfg, name))
+
+    # -- discrete settings ------------------------------------------------------
     @property
     def shape(self):
-        return (self.config.spixels, self.config.fpixels)
+        """(spixels, fpixels)."""
+        return (self.settings.spixels, self.settings.fpixels)
 
-    def geometry(self, beam_vector, dtype=torch.float64, device="cpu") -> DetectorGeometry:
-        c = self.config
-        t = lambda x: _t(x, dtype, device)
-        beam = t(beam_vector)
+    @property
+    def fpixels(self) -> int:
+        return self.settings.fpixels
+
+    @property
+    def spixels(self) -> int:
+        return self.settings.spixels
+
+    def to_config(self) -> DetectorConfig:
+        """A :class:`DetectorConfig` holding this model's current values (tensors as stored)."""
+        return dataclasses.replace(self.settings, **{n: getattr(self, n) for n in _CONTINUOUS})
+
+    # -- geometry ---------------------------------------------------------------
+    def geometry(self, beam_vector, dtype=torch.float64, device=None) -> DetectorGeometry:
+        """Rotated basis, origin and derived beam centres for an incident ``beam_vector`` (3,)."""
+        c = self.settings
+        device = self.device if device is None else device
+        t = lambda name: self.value(name, dtype, device)
+        beam = as_tensor(beam_vector, dtype, device)
         beam = beam / torch.linalg.vector_norm(beam)
-        f = t(c.fdet_vector)
+        f = t("fdet_vector")
         f = f / torch.linalg.vector_norm(f)
-        s = t(c.sdet_vector)
+        s = t("sdet_vector")
         s = s / torch.linalg.vector_norm(s)
-        o = t(c.odet_vector)
+        o = t("odet_vector")
         omag = torch.linalg.vector_norm(o)
-        if float(omag) != 1.0:
+        if to_float(omag) != 1.0:
             # the C regenerates the normal whenever the given one is not exactly unit length
             o = torch.linalg.cross(f, s)
             o = o / torch.linalg.vector_norm(o)
-        rx, ry, rz = t(c.detector_rotx), t(c.detector_roty), t(c.detector_rotz)
-        tt = t(c.twotheta)
-        axis = t(c.twotheta_axis)
+        rx, ry, rz = t("detector_rotx"), t("detector_roty"), t("detector_rotz")
+        tt = t("twotheta")
+        axis = t("twotheta_axis")
         axis = axis / torch.linalg.vector_norm(axis)
 
         ratio = torch.dot(beam, rotate_xyz(o, rx, ry, rz))
-        if float(ratio) == 0.0:
+        if to_float(ratio) == 0.0:
             ratio = ratio + torch.finfo(torch.float64).tiny
-        distance = t(c.distance)
-        if c.close_distance is None:
+        distance = t("distance")
+        if self.close_distance is None:
             close = torch.abs(ratio * distance)
         else:
-            close = t(c.close_distance)
+            close = t("close_distance")
         distance = close / ratio
 
+        stages = {"angles_rad": torch.stack([rx, ry, rz, tt]).detach(),
+                  "initial_fdet": f, "initial_sdet": s, "initial_odet": o}
         if c.pivot == "sample":
-            pix0 = -t(c.Fclose) * f - t(c.Sclose) * s + close * o
+            # (-F) f + (-S) s == -F f - S s exactly: the terms are the summands themselves
+            stages["term_fast_before_rot"] = -t("Fclose") * f
+            stages["term_slow_before_rot"] = -t("Sclose") * s
+            stages["term_close_before_rot"] = close * o
+            pix0 = stages["term_fast_before_rot"] + stages["term_slow_before_rot"] + stages["term_close_before_rot"]
+            stages["pix0_before_rotation"] = pix0
             pix0 = rotate_xyz(pix0, rx, ry, rz)
+            stages["pix0_after_rotz"] = pix0
             pix0 = rotate_axis(pix0, axis, tt)
-        f = rotate_axis(rotate_xyz(f, rx, ry, rz), axis, tt)
-        s = rotate_axis(rotate_xyz(s, rx, ry, rz), axis, tt)
-        o = rotate_axis(rotate_xyz(o, rx, ry, rz), axis, tt)
+            stages["pix0_after_twotheta"] = pix0
+        f = rotate_xyz(f, rx, ry, rz)
+        s = rotate_xyz(s, rx, ry, rz)
+        o = rotate_xyz(o, rx, ry, rz)
+        stages.update(fdet_after_rotz=f, sdet_after_rotz=s, odet_after_rotz=o)
+        f = rotate_axis(f, axis, tt)
+        s = rotate_axis(s, axis, tt)
+        o = rotate_axis(o, axis, tt)
+        stages.update(twotheta_axis=axis, fdet_after_twotheta=f, sdet_after_twotheta=s, odet_after_twotheta=o)
         if c.pivot != "sample":
-            pix0 = -t(c.Fbeam) * f - t(c.Sbeam) * s + distance * beam
+            stages["term_fast"] = -t("Fbeam") * f
+            stages["term_slow"] = -t("Sbeam") * s
+            stages["term_beam"] = distance * beam
+            pix0 = stages["term_fast"] + stages["term_slow"] + stages["term_beam"]
 
         Fclose = -torch.dot(pix0, f)
         Sclose = -torch.dot(pix0, s)
@@ -115,4 +217,4 @@ class Detector:
         distance = close / ratio
         return DetectorGeometry(fdet=f, sdet=s, odet=o, pix0=pix0, distance=distance,
                                 close_distance=close, ratio=ratio, Fbeam=Fbeam, Sbeam=Sbeam,
-                                Fclose=Fclose, Sclose=Sclose, beam_vector=beam)
+                                Fclose=Fclose, Sclose=Sclose, beam_vector=beam, stages=stages)
