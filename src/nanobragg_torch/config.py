@@ -159,5 +159,5 @@ class SimulationOptions:
     dtype: str = "float64"
     device: str = "cpu"
     dmin: float = 0.0
-    max_chunk_elements: int = 1 << 22
+    max_chunk_elements: int = 1 << 19     # = engine.DEFAULT_CHUNK_ELEMENTS (see there)
     progress: bool = False

@@ -26,9 +26,11 @@ from typing import Callable, Optional
 
 import torch
 
+from ._memory import keep_freed_memory
 from .physics.detector_response import capture_fraction, solid_angle
 from .physics.interpolation import tricubic_interpolate
-from .physics.lattice import (lattice_gauss, lattice_round, lattice_square, lattice_tophat, sincg,
+from .physics.lattice import (CHEBYSHEV_MAX_N, CHEBYSHEV_MAX_N_DOUBLE, lattice_gauss, lattice_round, lattice_square, lattice_tophat, sincg,
+                              sincg_chebyshev, sincg_chebyshev_inplace,
                               sincg_squared_reduced)
 from .physics.polarization import polarization_factor
 from .physics.rotation import rotate_axis
@@ -164,6 +166,17 @@ def lattice_factor_sq(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: to
         return f * f
     out = None
     grad = torch.is_grad_enabled() and (h.requires_grad or k.requires_grad or l.requires_grad)
+    nmax = CHEBYSHEV_MAX_N if h.dtype != torch.float64 else CHEBYSHEV_MAX_N_DOUBLE
+    if all(N == int(N) and N <= nmax for N in (pb.Na, pb.Nb, pb.Nc)):
+        # integer N: U_{N-1}(cos pi h) per axis (one cosine, no division), multiplied, squared once
+        for u, N in ((h, pb.Na), (k, pb.Nb), (l, pb.Nc)):
+            if N <= 1:
+                continue
+            f = sincg_chebyshev(u * math.pi, int(N)) if grad else sincg_chebyshev_inplace(u, int(N))
+            out = f if out is None else (out * f if grad else out.mul_(f))
+        if out is None:
+            return torch.ones_like(h)
+        return out * out if grad else out.square_()
     for u, N in ((h, pb.Na), (k, pb.Nb), (l, pb.Nc)):
         if N <= 1:
             continue
@@ -340,9 +353,9 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
             term = term * (pb.default_F * pb.default_F)
         term = term.reshape(P, T, O, O, S, M)
         fac = torch.ones_like(term)
-        if pb.oversample_thick:
+        if pb.oversample_thick and capture is not None:   # no sensor thickness: capture = 1 (as the C)
             fac = fac * capture[..., None, None]
-        if pb.oversample_polar:
+        if pb.oversample_polar and polar_each is not None:   # -nopolar: polarization = 1 (as the C)
             fac = fac * polar_each[..., None]
         if pb.oversample_omega:
             fac = fac * omega[..., None, None]
@@ -363,6 +376,13 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     return value, omega_sum
 
 
+# Elements (pixels x subpaths) per chunk.  Small enough that a chunk's float32 temporaries
+# (a few MB) stay in the L2 cache and in the allocator's reused memory, large enough that
+# per-operation dispatch costs are amortised: 2^19 rendered B2 ~15x faster than 2^22 on the
+# 2-core machine (benchmarks/README.md).
+DEFAULT_CHUNK_ELEMENTS = 1 << 19
+
+
 def choose_chunk(pb: RenderProblem, max_elements: int) -> int:
     per_pixel = pb.thicksteps * pb.oversample ** 2 * pb.incident.shape[0] * pb.lattices.shape[0]
     if pb.interpolate:
@@ -372,9 +392,10 @@ def choose_chunk(pb: RenderProblem, max_elements: int) -> int:
     return max(1, int(max_elements // max(per_pixel, 1)))
 
 
-def render(pb: RenderProblem, max_elements: int = 1 << 21,
+def render(pb: RenderProblem, max_elements: int = DEFAULT_CHUNK_ELEMENTS,
            progress: Optional[Callable[[int, int], None]] = None) -> RenderResult:
     """Render the whole image; pixels not in ``pb.pixels`` stay zero."""
+    keep_freed_memory()
     state = RenderState(interpolate=pb.interpolate)
     dtype = pb.fdet.dtype
     dev = pb.fdet.device

@@ -281,7 +281,9 @@ def render_checkpointed(pb: RenderProblem, max_elements: int = (1 << 19),
     evaluation) is snapshotted, so the recomputation sees what the first
     computation saw.
     """
+    from ._memory import keep_freed_memory
     from .engine import RenderResult, RenderState, choose_chunk, render_chunk
+    keep_freed_memory()
     state = RenderState(interpolate=pb.interpolate)
     dtype, dev = pb.fdet.dtype, pb.fdet.device
     n = pb.pixels.shape[0]

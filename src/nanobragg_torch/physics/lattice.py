@@ -4,6 +4,7 @@ Each returns F_latt, the amplitude whose square multiplies |F_cell|^2.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -52,6 +53,64 @@ def sincg_squared_reduced(h: torch.Tensor, N) -> torch.Tensor:
     num = torch.sin((math.pi * N) * d)
     safe = torch.where(den == 0, torch.ones_like(den), den)   # no 0/0 in the unused branch (NaN gradients)
     return torch.where(den == 0, torch.full_like(den, float(N) ** 2), (num / safe) ** 2)
+
+
+CHEBYSHEV_MAX_N = 12          # float32: error of the polynomial below stays under 1e-4 of the peak N^2
+CHEBYSHEV_MAX_N_DOUBLE = 20   # float64: under 1e-9 of the peak
+
+
+def chebyshev_u_coefficients(N: int):
+    """Coefficients of U_{N-1}(c) = sin(N x)/sin(x), c = cos x, as a polynomial in s = c^2.
+
+    Highest power first; for even N the polynomial is multiplied by c.
+    U_n(c) = sum_k (-1)^k C(n-k, k) (2c)^(n-2k).
+    """
+    n = int(N) - 1
+    return [float((-1) ** k * math.comb(n - k, k) * 2 ** (n - 2 * k)) for k in range(n // 2 + 1)]
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar(v: float, dtype, device) -> torch.Tensor:
+    """A cached 0-d tensor (building one costs more than the arithmetic on a chunk)."""
+    return torch.tensor(v, dtype=dtype, device=device)
+
+
+def sincg_chebyshev(x: torch.Tensor, N: int) -> torch.Tensor:
+    """sin(N x)/sin(x) for a plain integer N as the Chebyshev polynomial U_{N-1}(cos x).
+
+    Equal to the grating function everywhere (including N at x = k pi, without
+    0/0), one transcendental instead of two and no division.  Well conditioned
+    near the Bragg peaks, where the polynomial is flat; the rounding of large
+    coefficients limits it to N <= CHEBYSHEV_MAX_N in single precision.
+    Out-of-place, so it is differentiable.
+    """
+    c = torch.cos(x)
+    coef = chebyshev_u_coefficients(N)
+    if len(coef) == 1:
+        p = torch.full_like(c, coef[0])
+    else:
+        s = c * c
+        k = lambda v: _scalar(v, c.dtype, c.device)
+        p = torch.addcmul(k(coef[1]), s, k(coef[0]))          # Horner: p = p*s + a, one pass a step
+        for a in coef[2:]:
+            p = torch.addcmul(k(a), p, s)
+    if (int(N) - 1) % 2 == 1:
+        p = p * c
+    return p
+
+
+def sincg_chebyshev_inplace(u: torch.Tensor, N: int) -> torch.Tensor:
+    """:func:`sincg_chebyshev` of ``pi * u`` with two temporaries and in-place arithmetic (no autograd)."""
+    c = torch.mul(u, math.pi).cos_()
+    coef = chebyshev_u_coefficients(N)
+    odd = (int(N) - 1) % 2 == 1
+    if len(coef) == 1:                   # N = 1: 1;  N = 2: 2c
+        return c.mul_(coef[0]) if odd else c.fill_(coef[0])
+    s = torch.mul(c, c)
+    p = s.mul(coef[0]).add_(coef[1])
+    for a in coef[2:]:
+        p.mul_(s).add_(a)
+    return p.mul_(c) if odd else p
 
 
 def sinc3(x: torch.Tensor) -> torch.Tensor:

@@ -203,7 +203,7 @@ def _header(st, prep, pb) -> Dict[str, Any]:
 
 @torch.no_grad()
 def compute_trace(pb, spixel: int, fpixel: int, st=None, prep=None,
-                  max_elements: int = 1 << 21) -> Dict[str, Any]:
+                  max_elements: int = (1 << 19)) -> Dict[str, Any]:
     """All intermediate values of pixel (``spixel``, ``fpixel``) as a nested dict.
 
     Layout (also the ``--trace-json`` file)::
@@ -575,7 +575,7 @@ def trace_pixel(st, prep, pb, out, json_path: Optional[str] = None):
               % str(engine_dtype).replace("torch.", ""), file=out)
     try:
         data = compute_trace(pb, spixel, fpixel, st=st, prep=prep,
-                             max_elements=getattr(st.options, "max_chunk_elements", 1 << 21))
+                             max_elements=getattr(st.options, "max_chunk_elements", (1 << 19)))
     except TraceError as e:
         from ..cli.resolve import SetupError
         raise SetupError(str(e)) from None
