@@ -64,3 +64,26 @@ class GoldenRunner:
 def golden_runner(tmp_path_factory):
     golden_dir()
     return GoldenRunner(tmp_path_factory.mktemp("golden"))
+
+
+# --- device under test (issue 5): NB_TEST_DEVICE=cuda runs the API/gradient tests on the GPU ---
+TEST_DEVICE = os.environ.get("NB_TEST_DEVICE", "cpu")
+
+
+def _device_missing() -> bool:
+    import torch
+    return TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available()
+
+
+requires_test_device = pytest.mark.skipif(_device_missing(),
+                                          reason="NB_TEST_DEVICE=cuda but CUDA is not available")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny renders: one thread is faster, and immune to a busy machine's OpenMP stalls."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,13 @@ from nanobragg_torch import (Beam, BeamConfig, Crystal, CrystalConfig, Detector,
                              SimulationOptions, Simulator, StructureFactorConfig, StructureFactors,
                              from_args, simulate)
 
-DEVICE = os.environ.get("NB_TEST_DEVICE", "cpu")
-pytestmark = pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
-                                reason="NB_TEST_DEVICE=cuda but CUDA is not available")
+from conftest import TEST_DEVICE as DEVICE, requires_test_device  # noqa: E402
+
+pytestmark = [requires_test_device, pytest.mark.usefixtures("one_thread")]
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 DEG = math.pi / 180.0
 PX = 1e-3
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_models(**crystal):

@@ -13,7 +13,6 @@ whole grid for the structure-factor grids).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -22,21 +21,13 @@ from torch.autograd import gradcheck
 
 from nanobragg_torch import Beam, Crystal, Detector, SimulationOptions, StructureFactors, simulate
 
-DEVICE = os.environ.get("NB_TEST_DEVICE", "cpu")
-pytestmark = pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
-                                reason="NB_TEST_DEVICE=cuda but CUDA is not available")
+from conftest import TEST_DEVICE as DEVICE, requires_test_device  # noqa: E402
+
+pytestmark = [requires_test_device, pytest.mark.usefixtures("one_thread")]
 
 DEG = math.pi / 180.0
 PX = 1e-3
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These renders are tiny: one thread is faster, and immune to a busy machine's OpenMP stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 XTAL = dict(cell=(30.0, 32.0, 34.0, 88.0 * DEG, 91.0 * DEG, 93.0 * DEG),
             misset=(10.0 * DEG, 20.0 * DEG, 30.0 * DEG), N=3)
 DET = dict(fpixels=20, spixels=20, pixel_size=PX, distance=0.05, Fbeam=10.3 * PX, Sbeam=9.6 * PX, oversample=1)

@@ -9,14 +9,12 @@ and 0.5 degree, in under 2 minutes of CPU time.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "refine_geometry.py"
-DEVICE = os.environ.get("NB_TEST_DEVICE", "cpu")
+from conftest import TEST_DEVICE as DEVICE, requires_test_device  # noqa: E402
 
 
 def _load():
@@ -26,16 +24,10 @@ def _load():
     return mod
 
 
-@pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
-                    reason="NB_TEST_DEVICE=cuda but CUDA is not available")
-def test_refinement_recovers_geometry():
+@requires_test_device
+def test_refinement_recovers_geometry(one_thread):
     mod = _load()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = mod.refine(noise=False, seed=0, verbose=False, device=DEVICE)
-    finally:
-        torch.set_num_threads(n)
+    res = mod.refine(noise=False, seed=0, verbose=False, device=DEVICE)
     print("\n" + mod.table(res))
     for key, tol in mod.TOLERANCES.items():
         assert res["errors"][key] <= tol, f"{key}: error {res['errors'][key]:.3g} > {tol}"
