@@ -33,6 +33,7 @@ by the rules above.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Optional
 
 import numpy as np
@@ -76,6 +77,14 @@ class TensorModel(torch.nn.Module):
         object.__setattr__(self, "_nones", set())   # fields set to None
         # tracks the module's dtype/device through .to(); never used in computations
         self.register_buffer("_ref", torch.zeros((), dtype=torch.float64), persistent=False)
+
+    def _discrete_kwargs(self, config_cls, kwargs: dict, continuous: Iterable[str], extra=()) -> dict:
+        """Refuse keywords that are not fields of ``config_cls`` (nor in ``extra``), with a
+        TypeError naming the model; return those that are not continuous (tensor) fields."""
+        bad = set(kwargs) - {f.name for f in dataclasses.fields(config_cls)} - set(extra)
+        if bad:
+            raise TypeError(f"{type(self).__name__}: unknown field(s) {sorted(bad)}")
+        return {k: v for k, v in kwargs.items() if k not in continuous}
 
     # -- storage ----------------------------------------------------------------
     def _clear(self, name: str):

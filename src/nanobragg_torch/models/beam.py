@@ -87,11 +87,7 @@ class Beam(TensorModel):
 
     def __init__(self, config: Optional[BeamConfig] = None, **kwargs):
         super().__init__()
-        names = {f.name for f in dataclasses.fields(BeamConfig)}
-        bad = set(kwargs) - names
-        if bad:
-            raise TypeError(f"Beam: unknown field(s) {sorted(bad)}")
-        disc = {k: v for k, v in kwargs.items() if k not in _CONTINUOUS}
+        disc = self._discrete_kwargs(BeamConfig, kwargs, _CONTINUOUS)
         cfg = BeamConfig(**disc) if config is None else dataclasses.replace(config, **disc)
         object.__setattr__(self, "settings", cfg)
         src = config if config is not None else cfg

@@ -188,10 +188,7 @@ class Crystal(TensorModel):
 
     def __init__(self, config: Optional[CrystalConfig] = None, **kwargs):
         super().__init__()
-        names = {f.name for f in dataclasses.fields(CrystalConfig)}
-        bad = set(kwargs) - names - set(_EXTRA)
-        if bad:
-            raise TypeError(f"Crystal: unknown field(s) {sorted(bad)}")
+        self._discrete_kwargs(CrystalConfig, kwargs, _CONTINUOUS, extra=_EXTRA)   # refuses unknown keywords
         if "N" in kwargs:
             N = kwargs.pop("N")
             for k in ("Na", "Nb", "Nc"):

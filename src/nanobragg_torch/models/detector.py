@@ -101,12 +101,9 @@ class Detector(TensorModel):
 
     def __init__(self, config: Optional[DetectorConfig] = None, **kwargs):
         super().__init__()
-        names = {f.name for f in dataclasses.fields(DetectorConfig)}
-        bad = set(kwargs) - names
-        if bad:
-            raise TypeError(f"Detector: unknown field(s) {sorted(bad)}")
+        disc = self._discrete_kwargs(DetectorConfig, kwargs, _CONTINUOUS)
         if config is None:
-            cfg = DetectorConfig(**{k: v for k, v in kwargs.items() if k not in _CONTINUOUS})
+            cfg = DetectorConfig(**disc)
             px = to_float(kwargs.get("pixel_size", cfg.pixel_size))
             size_f = cfg.detsize_f if cfg.detsize_f is not None else cfg.fpixels * px
             size_s = cfg.detsize_s if cfg.detsize_s is not None else cfg.spixels * px
@@ -125,7 +122,7 @@ class Detector(TensorModel):
             if "thickness" in kwargs and "mu" not in kwargs and to_float(kwargs["thickness"]) > 0:
                 kwargs["mu"] = 1.0 / to_float(kwargs["thickness"])     # the C's default attenuation
         else:
-            cfg = dataclasses.replace(config, **{k: v for k, v in kwargs.items() if k not in _CONTINUOUS})
+            cfg = dataclasses.replace(config, **disc)
         object.__setattr__(self, "settings", cfg)
         for name in _CONTINUOUS:
             setattr(self, name, kwargs[name] if name in kwargs else getattr(config or cfg, name))

@@ -33,11 +33,7 @@ class StructureFactors(TensorModel):
 
     def __init__(self, config: Optional[StructureFactorConfig] = None, **kwargs):
         super().__init__()
-        names = {f.name for f in dataclasses.fields(StructureFactorConfig)}
-        bad = set(kwargs) - names
-        if bad:
-            raise TypeError(f"StructureFactors: unknown field(s) {sorted(bad)}")
-        disc = {k: v for k, v in kwargs.items() if k not in _CONTINUOUS}
+        disc = self._discrete_kwargs(StructureFactorConfig, kwargs, _CONTINUOUS)
         cfg = StructureFactorConfig(**disc) if config is None else dataclasses.replace(config, **disc)
         grid = kwargs["grid"] if "grid" in kwargs else (config.grid if config is not None else None)
         if grid is not None and tuple(cfg.hkl_max) == (-1, -1, -1) and tuple(cfg.hkl_min) == (0, 0, 0):
