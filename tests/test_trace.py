@@ -121,8 +121,10 @@ def test_trace_miller_indices_are_the_engines(comprehensive):
     pos = int(torch.nonzero(pb.pixels == TRACED[0] * pb.fpixels + TRACED[1]).reshape(-1)[0])
     if c["calls"]:
         q_all, (h, k, l) = c["calls"][0]
-        assert q_all.shape[0] == pb.pixels.shape[0] * per_pixel
-        rows = slice(pos * per_pixel, (pos + 1) * per_pixel)
+        P = pb.pixels.shape[0]
+        assert q_all.shape[0] == P * per_pixel
+        # the engine's rows are laid out (layer, sub_s, sub_f, source, pixel): this pixel's subpaths
+        rows = torch.arange(per_pixel) * P + pos
         h, k, l = h[rows], k[rows], l[rows]
     else:       # the engine no longer calls the helper per chunk: use the helper directly
         p = E._subpixel_positions(pb, pb.pixels[pos:pos + 1])

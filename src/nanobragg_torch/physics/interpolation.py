@@ -1,24 +1,28 @@
 """Tricubic (4x4x4-point Lagrange) interpolation of structure factors on the HKL grid."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
 def lagrange4_weights(x: torch.Tensor) -> torch.Tensor:
-    """Weights (..., 4) of the cubic through nodes floor(x)-1 .. floor(x)+2, evaluated at x."""
-    x0 = torch.floor(x)
-    nodes = x0.unsqueeze(-1) + torch.arange(-1, 3, dtype=x.dtype, device=x.device)
-    d = x.unsqueeze(-1) - nodes                                   # (..., 4): x - x_j
-    w = []
-    for j in range(4):
-        num = torch.ones_like(x)
-        den = 1.0
-        for m in range(4):
-            if m != j:
-                num = num * d[..., m]
-                den *= float(j - m)
-        w.append(num / den)
-    return torch.stack(w, dim=-1)
+    """Weights (..., 4) of the cubic through nodes floor(x)-1 .. floor(x)+2, evaluated at x.
+
+    With t = x - floor(x) the Lagrange basis polynomials of the nodes -1, 0, 1, 2 are
+    -t(t-1)(t-2)/6, (t+1)(t-1)(t-2)/2, -(t+1)t(t-2)/2 and (t+1)t(t-1)/6.
+    """
+    t = x - torch.floor(x)
+    tp1, tm1, tm2 = t + 1.0, t - 1.0, t - 2.0
+    a = t * tm1
+    b = tp1 * tm2
+    return torch.stack([a * tm2 * (-1.0 / 6.0), b * tm1 * 0.5, b * t * -0.5, a * tp1 * (1.0 / 6.0)], dim=-1)
+
+
+def _windows(grid_flat: torch.Tensor) -> torch.Tensor:
+    """View (N-3, 4) of the flat grid: row b holds grid[b:b+4] (four consecutive l values)."""
+    n = grid_flat.numel()
+    return grid_flat.as_strided((max(n - 3, 1), min(4, n)), (1, 1))
 
 
 def tricubic_interpolate(grid_flat: torch.Tensor, shape, hkl_min, h, k, l) -> torch.Tensor:
@@ -26,14 +30,33 @@ def tricubic_interpolate(grid_flat: torch.Tensor, shape, hkl_min, h, k, l) -> to
 
     ``grid_flat`` is the structure-factor grid flattened in C order with
     ``shape`` = (H, K, L) and origin ``hkl_min``.  The caller guarantees that the
-    4x4x4 neighbourhood lies inside the grid.
+    4x4x4 neighbourhood lies inside the grid wherever the value is used; elsewhere
+    the neighbourhood is clamped into the grid (a finite, unused value).
+
+    The neighbourhood is gathered as 16 runs of 4 consecutive l values (one
+    index per run into a strided view of the grid), then contracted with the
+    (h, k) weights and finally with the l weights.
     """
     H, K, L = shape
-    wh, wk, wl = lagrange4_weights(h), lagrange4_weights(k), lagrange4_weights(l)
-    off = torch.arange(-1, 3, device=h.device)
-    ih = (torch.floor(h).long() - hkl_min[0]).unsqueeze(-1) + off      # (..., 4)
-    ik = (torch.floor(k).long() - hkl_min[1]).unsqueeze(-1) + off
-    il = (torch.floor(l).long() - hkl_min[2]).unsqueeze(-1) + off
-    idx = (ih[..., :, None, None] * K + ik[..., None, :, None]) * L + il[..., None, None, :]
-    vals = grid_flat[idx.clamp(0, grid_flat.numel() - 1)]             # (..., 4, 4, 4)
-    return torch.einsum("...i,...j,...k,...ijk->...", wh, wk, wl, vals)
+    shp = h.shape
+    h, k, l = h.reshape(-1), k.reshape(-1), l.reshape(-1)
+    E = h.shape[0]
+    wh, wk, wl = lagrange4_weights(h), lagrange4_weights(k), lagrange4_weights(l)   # (E, 4)
+    if min(H, K, L) < 4:                  # a grid too thin for any neighbourhood: never used
+        return torch.zeros_like(h).reshape(shp)
+    corner = None                          # flat index of the (-1, -1, -1) corner, clamped into the grid
+    for u, lo, n, stride in ((h, hkl_min[0], H, K * L), (k, hkl_min[1], K, L), (l, hkl_min[2], L, 1)):
+        c = (torch.floor(u).long() - (lo + 1)).clamp_(0, n - 4) * stride
+        corner = c if corner is None else corner + c
+    runs = (corner.unsqueeze(-1) + _run_offsets(K, L, h.device)).reshape(-1)           # (E * 16,)
+    vals = _windows(grid_flat).index_select(0, runs).reshape(E, 16, 4).to(h.dtype)     # [e, (i, j), m]
+    w_hk = (wh.unsqueeze(-1) * wk.unsqueeze(-2)).reshape(E, 1, 16)
+    along_l = torch.bmm(w_hk, vals).reshape(E, 4)                                       # sum over (i, j)
+    return (along_l * wl).sum(-1).reshape(shp)
+
+
+@functools.lru_cache(maxsize=32)
+def _run_offsets(K: int, L: int, device) -> torch.Tensor:
+    """Flat offsets (16,) of the 4x4 (h, k) runs from the neighbourhood's corner."""
+    r = torch.arange(4, device=device)
+    return ((r[:, None] * K + r[None, :]) * L).reshape(16)
