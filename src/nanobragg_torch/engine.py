@@ -301,7 +301,7 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     else:
         coords = _subpixel_coordinates(pb, pix)
         px, py, pz = (_separable(coords, pb.fdet[c], pb.sdet[c], pb.odet[c], pb.pix0[c]) for c in range(3))
-    airpath = torch.sqrt(px * px + py * py + pz * pz)                   # (T, O, O, P)
+    airpath = torch.addcmul(torch.addcmul(px * px, py, py), pz, pz).sqrt()   # (T, O, O, P)
 
     def diffracted_at(t: int):
         """Unit diffracted vectors (P, 3) of the first sub-pixel of layer t."""
@@ -326,15 +326,16 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
             parallax = diffracted_at(T - 1) @ pb.odet                                   # (P,)
             capture_cached = capture_fraction(float(T - 1), pb.thickstep, pb.mu, parallax)
 
-    # scattering vectors q = (d - i) / lambda for every source, components (T, O, O, S, P).
-    # (d - i) first: near the direct beam it is small, and forming it before the
-    # product with the lattice keeps float32 Miller indices as accurate as the C's order.
+    # scattering vectors q = (d - i) / lambda for every source, as dq = d - i, components
+    # (T, O, O, S, P).  (d - i) first: near the direct beam it is small, and forming it
+    # before the product with the lattice keeps float32 Miller indices as accurate as
+    # the C's order; 1/lambda is applied to the lattice vectors instead (one pass less).
     lam = pb.wavelength.view(S, 1)
-    q = [((c / airpath).unsqueeze(-2) - pb.incident[:, i].view(S, 1)) / lam
-         for i, c in enumerate((px, py, pz))]
+    dq = [torch.addcdiv(-pb.incident[:, i].view(S, 1), c.unsqueeze(-2), airpath.unsqueeze(-2))
+          for i, c in enumerate((px, py, pz))]
     keep = None                                                         # (T, O, O, S, P); None: all evaluated
     if pb.dmin > 0:
-        stol = 0.5 * torch.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2])
+        stol = 0.5 * torch.addcmul(torch.addcmul(dq[0] * dq[0], dq[1], dq[1]), dq[2], dq[2]).sqrt() / lam
         keep = ~((stol > 0) & (pb.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
 
     # polarization
@@ -362,11 +363,12 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
 
     # Miller indices, (K, P, M) each
     if M > 1:
-        qf = torch.stack([c.reshape(-1) for c in q], -1)                               # (K P, 3)
+        qf = torch.stack([(c / lam).reshape(-1) for c in dq], -1)                      # (K P, 3)
         h, k, l = (u.view(K, P, M) for u in miller_indices(pb, qf))
     else:
-        lat = pb.lattices[0]                                                           # rows a, b, c
-        h, k, l = ((q[0] * lat[r, 0] + q[1] * lat[r, 1] + q[2] * lat[r, 2]).view(K, P, 1) for r in range(3))
+        lat = pb.lattices[0].unsqueeze(0) / pb.wavelength.view(S, 1, 1)                # (S, 3 rows a b c, 3)
+        h, k, l = (torch.addcmul(torch.addcmul(dq[0] * lat[:, r, 0:1], dq[1], lat[:, r, 1:2]),
+                                 dq[2], lat[:, r, 2:3]).view(K, P, 1) for r in range(3))
     if pb.lattices_first is not None and not state.first_done:
         # C-PARITY-001: the run's very first evaluation (in loop order) uses the unrotated lattice
         if keep is None:

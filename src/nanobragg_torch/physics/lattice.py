@@ -91,7 +91,7 @@ def sincg_chebyshev(x: torch.Tensor, N: int) -> torch.Tensor:
     else:
         s = c * c
         k = lambda v: _scalar(v, c.dtype, c.device)
-        p = torch.addcmul(k(coef[1]), s, k(coef[0]))          # Horner: p = p*s + a, one pass a step
+        p = torch.add(k(coef[1]), s, alpha=coef[0])           # Horner: p = p*s + a, one pass a step
         for a in coef[2:]:
             p = torch.addcmul(k(a), p, s)
     if (int(N) - 1) % 2 == 1:
@@ -107,9 +107,10 @@ def sincg_chebyshev_inplace(u: torch.Tensor, N: int) -> torch.Tensor:
     if len(coef) == 1:                   # N = 1: 1;  N = 2: 2c
         return c.mul_(coef[0]) if odd else c.fill_(coef[0])
     s = torch.mul(c, c)
-    p = s.mul(coef[0]).add_(coef[1])
+    k = lambda v: _scalar(v, c.dtype, c.device)                # noqa: E731
+    p = torch.add(k(coef[1]), s, alpha=coef[0])               # Horner, one pass a step
     for a in coef[2:]:
-        p.mul_(s).add_(a)
+        p = torch.addcmul(k(a), p, s)
     return p.mul_(c) if odd else p
 
 
