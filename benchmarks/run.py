@@ -7,8 +7,10 @@
 For every case it reports: evaluations (pixels x subpaths), the C program's
 whole-process wall time, ours as a whole CLI process, ours in-process after a
 warm-up ("steady state"), the ratios, and the peak resident memory of each
-process.  Whole-process figures are medians over ``--repeat`` runs; the C
-program runs with its default OpenMP threads.  Not part of the test suite.
+process, plus CPU seconds (user + system) of the C process and of our steady-state
+renders as a diagnostic.  Whole-process figures are medians over ``--repeat``
+runs; the C program runs with its default OpenMP threads.  Not part of the test
+suite.
 """
 from __future__ import annotations
 
@@ -74,16 +76,17 @@ def steady_state(args, cwd, repeat, dtype):
     pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
     evals = (pb.pixels.numel() * pb.thicksteps * pb.oversample ** 2 * pb.incident.shape[0]
              * pb.lattices.shape[0])
-    times = []
+    times, cpus = [], []
     with torch.no_grad():
         t = time.perf_counter()
         render(pb, st.options.max_chunk_elements)
         first = time.perf_counter() - t
         for _ in range(repeat):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             render(pb, st.options.max_chunk_elements)
             times.append(time.perf_counter() - t)
-    return statistics.median(times), first, evals
+            cpus.append(time.process_time() - c)
+    return statistics.median(times), first, evals, statistics.median(cpus)
 
 
 def main(argv=None):
@@ -108,14 +111,17 @@ def main(argv=None):
             runs = [timed_process([a.c_bin] + args, work) for _ in range(a.repeat)]
             row["c_wall_s"] = statistics.median(r[0] for r in runs)
             row["c_rss_mib"] = max(r[1] for r in runs)
+            row["c_cpu_s"] = statistics.median(r[2] for r in runs)
         if not a.no_cli:
             ours = [sys.executable, "-m", "nanobragg_torch"] + args + ["-dtype", a.dtype]
             runs = [timed_process(ours, work) for _ in range(a.repeat)]
             row["ours_wall_s"] = statistics.median(r[0] for r in runs)
             row["ours_rss_mib"] = max(r[1] for r in runs)
+            row["ours_cpu_s"] = statistics.median(r[2] for r in runs)
         if not a.no_steady:
-            steady, first, evals = steady_state(args, work, a.repeat, a.dtype)
-            row.update(ours_steady_s=steady, ours_first_render_s=first, evaluations=evals)
+            steady, first, evals, steady_cpu = steady_state(args, work, a.repeat, a.dtype)
+            row.update(ours_steady_s=steady, ours_first_render_s=first, evaluations=evals,
+                       ours_steady_cpu_s=steady_cpu)
         if "c_wall_s" in row and "ours_steady_s" in row:
             row["ratio_c_over_steady"] = row["c_wall_s"] / row["ours_steady_s"]
         if "c_wall_s" in row and "ours_wall_s" in row:
@@ -124,7 +130,8 @@ def main(argv=None):
         print(json.dumps(row), file=sys.stderr, flush=True)
 
     hdr = f"{'case':4s} {'evaluations':>12s} {'C wall s':>9s} {'ours wall s':>11s} {'steady s':>9s} " \
-          f"{'C/steady':>8s} {'C/wall':>7s} {'C RSS MiB':>9s} {'ours RSS MiB':>12s}"
+          f"{'C/steady':>8s} {'C/wall':>7s} {'C RSS MiB':>9s} {'ours RSS MiB':>12s} " \
+          f"{'C cpu s':>8s} {'steady cpu s':>12s}"
     print(f"# {platform.node()} {os.cpu_count()} cores, dtype {a.dtype}, median of {a.repeat}")
     print(hdr)
     f = lambda r, k, fmt: (fmt % r[k]) if k in r else "-"
@@ -132,7 +139,8 @@ def main(argv=None):
         print(f"{r['case']:4s} {f(r, 'evaluations', '%12d'):>12s} {f(r, 'c_wall_s', '%9.2f'):>9s} "
               f"{f(r, 'ours_wall_s', '%11.2f'):>11s} {f(r, 'ours_steady_s', '%9.3f'):>9s} "
               f"{f(r, 'ratio_c_over_steady', '%8.2f'):>8s} {f(r, 'ratio_c_over_wall', '%7.2f'):>7s} "
-              f"{f(r, 'c_rss_mib', '%9.0f'):>9s} {f(r, 'ours_rss_mib', '%12.0f'):>12s}")
+              f"{f(r, 'c_rss_mib', '%9.0f'):>9s} {f(r, 'ours_rss_mib', '%12.0f'):>12s} "
+              f"{f(r, 'c_cpu_s', '%8.2f'):>8s} {f(r, 'ours_steady_cpu_s', '%12.3f'):>12s}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         with open(a.json, "w") as fh:

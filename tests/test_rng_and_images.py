@@ -374,7 +374,7 @@ _FALLBACK_SCRIPT = """
 import json, sys
 import numpy as np
 from nanobragg_torch import rng
-assert not rng._JIT_ACTIVE
+assert not rng.enable_jit() and not rng._JIT_ACTIVE
 means = np.array(json.loads(sys.argv[1]), dtype=np.float32).reshape(7, -1)
 r = rng.CRandom()
 img, photons, over = r.noise_image(means, rng.SeedStream(-77), adc=40.0)

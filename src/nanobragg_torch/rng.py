@@ -32,9 +32,11 @@ Faithful reproduction needs three things the textbook description hides:
    is called directly from libm through :mod:`ctypes` in pure-Python mode.
 
 The per-pixel Poisson loop (:meth:`CRandom.noise_image`) is compiled with
-numba when it is importable; otherwise the very same function bodies run as
-plain Python (slow, but identical).  Setting ``NUMBA_DISABLE_JIT=1`` also runs
-the plain-Python bodies, which is how the tests check the two agree.
+numba when it is importable (on first use, :func:`enable_jit`: importing numba
+costs seconds that a run without a noise image should not pay); otherwise the
+very same function bodies run as plain Python (slow, but identical).  Setting
+``NUMBA_DISABLE_JIT=1`` also runs the plain-Python bodies, which is how the
+tests check the two agree.
 """
 from __future__ import annotations
 
@@ -45,24 +47,24 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-try:  # pragma: no cover - exercised implicitly
-    import numba as _numba
+import importlib.util
+import os
+import threading
 
-    _jit = _numba.njit(cache=True, error_model="numpy")
-    HAVE_NUMBA = True
-    # NUMBA_DISABLE_JIT=1 leaves the decorated functions as plain Python
-    _JIT_ACTIVE = not bool(_numba.config.DISABLE_JIT)
-except Exception:  # pragma: no cover - depends on the environment
-    _numba = None
-    HAVE_NUMBA = False
-    _JIT_ACTIVE = False
-
-    def _jit(func):
-        return func
+# numba is imported only when the per-pixel noise kernel is needed (enable_jit):
+# importing it and loading its cached machine code costs seconds, which a
+# render without a noise image should not pay.  A handful of scalar draws
+# (misset, mosaic domains) run the same bodies as plain Python meanwhile.
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+_JIT_ACTIVE = False        # True once the kernels below are numba-compiled
+_JIT_LOCK = threading.Lock()
+_JIT_TRIED = False
 
 
 __all__ = [
     "HAVE_NUMBA",
+    "enable_jit",
+    "preload_jit",
     "SeedStream",
     "CRandom",
     "umat2misset",
@@ -123,42 +125,37 @@ def _load_powf():
 _LIBM_POWF = _load_powf()
 
 
-@_jit
 def _f32(x):
     """Round a double to the nearest C float, returned as a double."""
     return np.float64(np.float32(x))
 
 
-if _JIT_ACTIVE:
+def _powf_numba(base, exponent):
+    """C ``powf`` on two floats; the float result returned as a double (numba body)."""
+    # float32 operands make numba call the C library's powf
+    return np.float64(math.pow(np.float32(base), np.float32(exponent)))
 
-    @_jit
-    def _powf(base, exponent):
-        """C ``powf`` on two floats; the float result returned as a double."""
-        # float32 operands make numba call the C library's powf
-        return np.float64(math.pow(np.float32(base), np.float32(exponent)))
 
-    @_jit
-    def _exp(x):
-        """C ``exp`` (overflows to inf)."""
+def _exp_numba(x):
+    """C ``exp`` (overflows to inf; numba body)."""
+    return math.exp(x)
+
+
+def _powf(base, exponent):
+    """C ``powf`` on two floats; the float result returned as a double."""
+    if _LIBM_POWF is not None:
+        return float(_LIBM_POWF(float(np.float32(base)), float(np.float32(exponent))))
+    return float(np.power(np.float32(base), np.float32(exponent)))  # pragma: no cover
+
+
+def _exp(x):
+    """C ``exp``: Python's math.exp raises where C returns inf."""
+    try:
         return math.exp(x)
-
-else:
-
-    def _powf(base, exponent):
-        """C ``powf`` on two floats; the float result returned as a double."""
-        if _LIBM_POWF is not None:
-            return float(_LIBM_POWF(float(np.float32(base)), float(np.float32(exponent))))
-        return float(np.power(np.float32(base), np.float32(exponent)))  # pragma: no cover
-
-    def _exp(x):
-        """C ``exp``: Python's math.exp raises where C returns inf."""
-        try:
-            return math.exp(x)
-        except OverflowError:
-            return math.inf
+    except OverflowError:
+        return math.inf
 
 
-@_jit
 def _c_to_unsigned(value, mask):
     """C conversion of a double to ``unsigned short``/``unsigned char`` on x86-64.
 
@@ -177,7 +174,6 @@ def _c_to_unsigned(value, mask):
 #   fst  : float64[_FSTATE_LEN] (gset, oldm, sq, alxm, g)
 #   seed : int64[1]             the stream's seed variable, updated in place
 # --------------------------------------------------------------------------
-@_jit
 def _ran1_k(ist, seed):
     """One uniform deviate in (0, 1) as a float (returned as a double)."""
     idum = int(seed[0])
@@ -212,7 +208,6 @@ def _ran1_k(ist, seed):
     return temp
 
 
-@_jit
 def _gammln_k(xx):
     """ln(Gamma(xx)) for a float argument, evaluated in double, returned as float."""
     x = xx
@@ -235,7 +230,6 @@ def _gammln_k(xx):
     return _f32(-tmp + math.log(2.5066282746310005 * ser / x))
 
 
-@_jit
 def _gaussdev_k(ist, fst, seed):
     """Normal deviate (mean 0, rms 1) as a float; caches the pair's second value."""
     if ist[_I_ISET] == 0:
@@ -253,7 +247,6 @@ def _gaussdev_k(ist, fst, seed):
     return fst[_F_GSET]
 
 
-@_jit
 def _poidev_k(xm_in, ist, fst, seed):
     """Poisson deviate with float mean ``xm_in``, as a float (returned as a double)."""
     xm = _f32(xm_in)
@@ -299,7 +292,6 @@ def _poidev_k(xm_in, ist, fst, seed):
     return em
 
 
-@_jit
 def _mosaic_umat_k(mosaicity, ist, seed, out):
     """Random rotation on a spherical cap of angular diameter ``mosaicity`` (rad).
 
@@ -337,7 +329,6 @@ def _mosaic_umat_k(mosaicity, ist, seed, out):
     out[8] = c + omc * (az * az)
 
 
-@_jit
 def _noise_k(img, xmin, xmax, ymin, ymax, adc, ist, fst, seed, out):
     """Poisson noise image in raster order; returns (photon sum, overload count)."""
     nslow = img.shape[0]
@@ -358,6 +349,56 @@ def _noise_k(img, xmin, xmax, ymin, ymax, adc, ist, fst, seed, out):
                 overloads += 1
             out[s, f] = _c_to_unsigned(value, 0xFFFF)
     return photons, overloads
+
+
+# the plain-Python bodies above, replaced in this module by numba dispatchers
+# (in dependency order: a kernel's callees are resolved when it is compiled)
+_KERNELS = ("_f32", "_c_to_unsigned", "_ran1_k", "_gammln_k", "_gaussdev_k", "_poidev_k",
+            "_mosaic_umat_k", "_noise_k")
+
+
+def enable_jit() -> bool:
+    """Compile the kernels with numba (once; thread-safe).  False: plain Python stays.
+
+    ``NUMBA_DISABLE_JIT=1`` (or numba missing) keeps the plain-Python bodies,
+    which give identical results, slowly.
+    """
+    global _JIT_ACTIVE, _JIT_TRIED
+    with _JIT_LOCK:
+        if _JIT_TRIED:
+            return _JIT_ACTIVE
+        _JIT_TRIED = True
+        if not HAVE_NUMBA or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+            return False
+        try:
+            import numba
+        except Exception:  # pragma: no cover - a broken numba installation
+            return False
+        if numba.config.DISABLE_JIT:
+            return False
+        jit = numba.njit(cache=True, error_model="numpy")
+        g = globals()
+        g["_powf"] = jit(_powf_numba)
+        g["_exp"] = jit(_exp_numba)
+        for name in _KERNELS:
+            g[name] = jit(g[name])
+        _JIT_ACTIVE = True
+        return True
+
+
+def preload_jit() -> bool:
+    """enable_jit() and load (or compile) the noise kernel's machine code now.
+
+    The CLI calls this on a background thread while the image renders, so the
+    seconds numba needs overlap with torch's work.  Touches no generator state
+    (a 1x1 image on scratch state arrays).
+    """
+    if not enable_jit():
+        return False
+    _noise_k(np.zeros((1, 1), dtype=np.float32), 0, 0, 0, 0, 40.0,
+             np.zeros(_ISTATE_LEN, dtype=np.int64), np.zeros(_FSTATE_LEN, dtype=np.float64),
+             np.array([-1], dtype=np.int64), np.zeros((1, 1), dtype=np.uint16))
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -474,6 +515,7 @@ class CRandom:
             xmin, xmax, ymin, ymax = 0, nfast - 1, 0, nslow - 1
         else:
             xmin, xmax, ymin, ymax = (int(v) for v in roi)
+        enable_jit()
         seed = self._seed_array(stream)
         out = np.zeros((nslow, nfast), dtype=np.uint16)
         photons, overloads = _noise_k(

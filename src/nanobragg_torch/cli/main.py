@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -356,6 +357,14 @@ def run(argv: List[str], out=None, cwd: str = ".", err=None) -> int:
         raise type(e)(msg) from None
 
 
+def _preload_noise_kernel() -> None:
+    from .. import rng
+    try:
+        rng.preload_jit()
+    except Exception:       # noise_image() compiles (and reports) on its own
+        pass
+
+
 def _run(argv: List[str], out, cwd: str, err) -> int:
     def path(p):
         return p if (os.path.isabs(p) or cwd in ("", ".")) else os.path.join(cwd, p)
@@ -368,6 +377,9 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
     plan = plan_outputs(st)
     check_outputs(plan, st, path)
     writer = _Writer(plan, path)
+    if "noise" in writer:
+        # numba's import and kernel load (seconds) overlap the render on a background thread
+        threading.Thread(target=_preload_noise_kernel, name="nb-noise-jit", daemon=True).start()
 
     from ..simulator import build_problem, prepare
     from ..engine import render
