@@ -64,26 +64,29 @@ def timed_process(cmd, cwd):
     return float(wall), int(rss_kb) / 1024.0, float(cpu)
 
 
-def steady_state(args, cwd, repeat, dtype):
+def steady_state(args, cwd, repeat, dtype, device="cpu"):
     """In-process render time after a warm-up (set-up excluded), and the evaluation count."""
     import torch
     from nanobragg_torch.cli.flags import parse_flags
     from nanobragg_torch.cli.resolve import build_setup
     from nanobragg_torch.engine import render
     from nanobragg_torch.simulator import build_problem, prepare
-    st = build_setup(parse_flags(args + ["-dtype", dtype]), cwd=str(cwd))
+    st = build_setup(parse_flags(args + ["-dtype", dtype, "-device", device]), cwd=str(cwd))
     prep = prepare(st.crystal, st.detector, st.beam)
     pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     evals = (pb.pixels.numel() * pb.thicksteps * pb.oversample ** 2 * pb.incident.shape[0]
              * pb.lattices.shape[0])
     times, cpus = [], []
     with torch.no_grad():
         t = time.perf_counter()
         render(pb, st.options.max_chunk_elements)
+        sync()
         first = time.perf_counter() - t
         for _ in range(repeat):
             t, c = time.perf_counter(), time.process_time()
             render(pb, st.options.max_chunk_elements)
+            sync()
             times.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
     return statistics.median(times), first, evals, statistics.median(cpus)
@@ -96,6 +99,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--b3-size", type=int, default=2048, help="detector pixels of B3 (4096 for the memory check)")
+    ap.add_argument("--device", default="cpu", help="our -device (cpu, cuda, cuda:N); the C always runs on the CPU")
     ap.add_argument("--no-cli", action="store_true", help="skip our whole-process runs")
     ap.add_argument("--no-steady", action="store_true", help="skip the in-process steady-state runs")
     ap.add_argument("--json", default="benchmarks/results.json")
@@ -106,20 +110,20 @@ def main(argv=None):
     rows = []
     for name in a.cases.split(","):
         args = shlex.split(CASES[name].format(b3=a.b3_size)) + ["-noprogress"]
-        row = {"case": name, "args": " ".join(args), "dtype": a.dtype}
+        row = {"case": name, "args": " ".join(args), "dtype": a.dtype, "device": a.device}
         if a.c_bin:
             runs = [timed_process([a.c_bin] + args, work) for _ in range(a.repeat)]
             row["c_wall_s"] = statistics.median(r[0] for r in runs)
             row["c_rss_mib"] = max(r[1] for r in runs)
             row["c_cpu_s"] = statistics.median(r[2] for r in runs)
         if not a.no_cli:
-            ours = [sys.executable, "-m", "nanobragg_torch"] + args + ["-dtype", a.dtype]
+            ours = [sys.executable, "-m", "nanobragg_torch"] + args + ["-dtype", a.dtype, "-device", a.device]
             runs = [timed_process(ours, work) for _ in range(a.repeat)]
             row["ours_wall_s"] = statistics.median(r[0] for r in runs)
             row["ours_rss_mib"] = max(r[1] for r in runs)
             row["ours_cpu_s"] = statistics.median(r[2] for r in runs)
         if not a.no_steady:
-            steady, first, evals, steady_cpu = steady_state(args, work, a.repeat, a.dtype)
+            steady, first, evals, steady_cpu = steady_state(args, work, a.repeat, a.dtype, a.device)
             row.update(ours_steady_s=steady, ours_first_render_s=first, evaluations=evals,
                        ours_steady_cpu_s=steady_cpu)
         if "c_wall_s" in row and "ours_steady_s" in row:
@@ -132,7 +136,7 @@ def main(argv=None):
     hdr = f"{'case':4s} {'evaluations':>12s} {'C wall s':>9s} {'ours wall s':>11s} {'steady s':>9s} " \
           f"{'C/steady':>8s} {'C/wall':>7s} {'C RSS MiB':>9s} {'ours RSS MiB':>12s} " \
           f"{'C cpu s':>8s} {'steady cpu s':>12s}"
-    print(f"# {platform.node()} {os.cpu_count()} cores, dtype {a.dtype}, median of {a.repeat}")
+    print(f"# {platform.node()} {os.cpu_count()} cores, ours on {a.device}, dtype {a.dtype}, median of {a.repeat}")
     print(hdr)
     f = lambda r, k, fmt: (fmt % r[k]) if k in r else "-"
     for r in rows:
@@ -144,7 +148,7 @@ def main(argv=None):
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         with open(a.json, "w") as fh:
-            json.dump({"machine": platform.platform(), "cores": os.cpu_count(), "dtype": a.dtype,
+            json.dump({"machine": platform.platform(), "cores": os.cpu_count(), "dtype": a.dtype, "device": a.device,
                        "repeat": a.repeat, "rows": rows}, fh, indent=1)
     return 0
 

@@ -440,6 +440,9 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
 # per-operation dispatch costs are amortised: 2^19 rendered B2 ~15x faster than 2^22 on the
 # 2-core machine (benchmarks/README.md).
 DEFAULT_CHUNK_ELEMENTS = 1 << 19
+# On a GPU a chunk must fill the device rather than a CPU cache: with the CPU default the
+# render would be a stream of small kernel launches.
+DEFAULT_CHUNK_ELEMENTS_GPU = 1 << 23
 
 
 def choose_chunk(pb: RenderProblem, max_elements: int) -> int:
@@ -458,6 +461,8 @@ def render(pb: RenderProblem, max_elements: int = DEFAULT_CHUNK_ELEMENTS,
     state = RenderState(interpolate=pb.interpolate)
     dtype = pb.fdet.dtype
     dev = pb.fdet.device
+    if dev.type != "cpu" and max_elements == DEFAULT_CHUNK_ELEMENTS:
+        max_elements = DEFAULT_CHUNK_ELEMENTS_GPU
     n = pb.pixels.shape[0]
     chunk = choose_chunk(pb, max_elements)
     flat = torch.zeros(pb.spixels * pb.fpixels, dtype=dtype, device=dev)

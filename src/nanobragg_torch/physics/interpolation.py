@@ -25,6 +25,37 @@ def _windows(grid_flat: torch.Tensor) -> torch.Tensor:
     return grid_flat.as_strided((max(n - 3, 1), min(4, n)), (1, 1))
 
 
+class _GatherRuns(torch.autograd.Function):
+    """Runs of four grid values, with a deterministic backward (a sum per grid point).
+
+    The backward of index_select/gather accumulates with atomic adds on a GPU, so two
+    backward passes can differ in the last bits; gradcheck (and reproducible
+    refinement) want the same gradient every time.  index_put_ with accumulation under
+    deterministic algorithms sorts the indices instead.
+    """
+
+    @staticmethod
+    def forward(ctx, grid_flat, runs):
+        ctx.save_for_backward(runs)
+        ctx.n = grid_flat.numel()
+        return _windows(grid_flat).index_select(0, runs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        runs, = ctx.saved_tensors
+        idx = (runs.unsqueeze(-1) + torch.arange(4, device=runs.device)).reshape(-1)
+        out = torch.zeros(ctx.n, dtype=grad.dtype, device=grad.device)
+        before = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            out.index_put_((idx,), grad.reshape(-1), accumulate=True)
+        finally:
+            torch.use_deterministic_algorithms(before, warn_only=warn_only)
+        return out, None
+
+
 def tricubic_interpolate(grid_flat: torch.Tensor, shape, hkl_min, h, k, l) -> torch.Tensor:
     """Interpolate F at fractional (h, k, l) (each shape (...)).
 
@@ -49,7 +80,11 @@ def tricubic_interpolate(grid_flat: torch.Tensor, shape, hkl_min, h, k, l) -> to
         c = (torch.floor(u).long() - (lo + 1)).clamp_(0, n - 4) * stride
         corner = c if corner is None else corner + c
     runs = (corner.unsqueeze(-1) + _run_offsets(K, L, h.device)).reshape(-1)           # (E * 16,)
-    vals = _windows(grid_flat).index_select(0, runs).reshape(E, 16, 4).to(h.dtype)     # [e, (i, j), m]
+    if torch.is_grad_enabled() and grid_flat.requires_grad:
+        vals = _GatherRuns.apply(grid_flat, runs)
+    else:
+        vals = _windows(grid_flat).index_select(0, runs)
+    vals = vals.reshape(E, 16, 4).to(h.dtype)                                           # [e, (i, j), m]
     w_hk = (wh.unsqueeze(-1) * wk.unsqueeze(-2)).reshape(E, 1, 16)
     along_l = torch.bmm(w_hk, vals).reshape(E, 4)                                       # sum over (i, j)
     return (along_l * wl).sum(-1).reshape(shp)
