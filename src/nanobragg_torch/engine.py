@@ -95,6 +95,7 @@ class RenderState:
     interpolate: bool = False
     first_done: bool = False
     oob_warning: Optional[tuple] = None
+    constants: Optional[tuple] = None     # (pb, grad mode, _ChunkConstants) of the last chunk
 
 
 @dataclass
@@ -158,21 +159,38 @@ def _sincg_sq_inplace(u: torch.Tensor, N: float) -> torch.Tensor:
     return num.div_(den).nan_to_num_(nan=float(N)).square_()
 
 
-def lattice_factor_sq(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-    """F_latt^2, with a cheaper path for the parallelepiped crystal and plain integer N."""
+def chebyshev_lattice(pb: RenderProblem, dtype) -> bool:
+    """True when F_latt^2 takes the Chebyshev path: square shape, plain integer N within range."""
+    if pb.shape != "square" or any(isinstance(N, torch.Tensor) for N in (pb.Na, pb.Nb, pb.Nc)):
+        return False
+    nmax = CHEBYSHEV_MAX_N if dtype != torch.float64 else CHEBYSHEV_MAX_N_DOUBLE
+    return all(N == int(N) and N <= nmax for N in (pb.Na, pb.Nb, pb.Nc))
+
+
+def lattice_factor_sq(pb: RenderProblem, h: torch.Tensor, k: torch.Tensor, l: torch.Tensor,
+                      pi_scaled: bool = False) -> torch.Tensor:
+    """F_latt^2, with a cheaper path for the parallelepiped crystal and plain integer N.
+
+    ``pi_scaled``: h, k, l are given as pi*h, pi*k, pi*l (only where
+    :func:`chebyshev_lattice` holds), which saves a pass per index.
+    """
     plain = not any(isinstance(N, torch.Tensor) for N in (pb.Na, pb.Nb, pb.Nc))
+    if pi_scaled and not chebyshev_lattice(pb, h.dtype):
+        raise ValueError("pi-scaled Miller indices need the Chebyshev lattice path")
     if pb.shape != "square" or not plain:
         f = lattice_factor(pb, h, k, l)
         return f * f
     out = None
     grad = torch.is_grad_enabled() and (h.requires_grad or k.requires_grad or l.requires_grad)
-    nmax = CHEBYSHEV_MAX_N if h.dtype != torch.float64 else CHEBYSHEV_MAX_N_DOUBLE
-    if all(N == int(N) and N <= nmax for N in (pb.Na, pb.Nb, pb.Nc)):
+    if chebyshev_lattice(pb, h.dtype):
         # integer N: U_{N-1}(cos pi h) per axis (one cosine, no division), multiplied, squared once
         for u, N in ((h, pb.Na), (k, pb.Nb), (l, pb.Nc)):
             if N <= 1:
                 continue
-            f = sincg_chebyshev(u * math.pi, int(N)) if grad else sincg_chebyshev_inplace(u, int(N))
+            if grad:
+                f = sincg_chebyshev(u if pi_scaled else u * math.pi, int(N))
+            else:
+                f = sincg_chebyshev_inplace(u, int(N), pi_scaled)
             out = f if out is None else (out * f if grad else out.mul_(f))
         if out is None:
             return torch.ones_like(h)
@@ -279,6 +297,36 @@ def _separable(coords, fv, sv, ov, pv) -> torch.Tensor:
     return b.unsqueeze(2) + (Fdet * fv).unsqueeze(0).unsqueeze(0)      # (T, O, O, P)
 
 
+@dataclass
+class _ChunkConstants:
+    """Per-render scalars and small tensors that every chunk needs (selected once, not per chunk)."""
+    fdet: tuple
+    sdet: tuple
+    odet: tuple
+    pix0: tuple
+    minus_incident: tuple      # -incident[:, c] as (S, 1), c = x, y, z
+    lam: torch.Tensor          # (S, 1)
+    pi_lattices: torch.Tensor  # (M, 3, 3) pi * lattices
+    lat_over_lam: tuple        # [scaled][r][c]: lattice row r, component c, / lambda as (S, 1); scaled: * pi
+
+
+def _constants(pb: RenderProblem, state: RenderState) -> _ChunkConstants:
+    grad = torch.is_grad_enabled()
+    cached = state.constants
+    if cached is not None and cached[0] is pb and cached[1] == grad:
+        return cached[2]
+    S = pb.incident.shape[0]
+    lam = pb.wavelength.view(S, 1)
+    lat = pb.lattices[0].unsqueeze(0) / pb.wavelength.view(S, 1, 1)      # (S, 3, 3)
+    rows = lambda m: tuple(tuple(m[:, r, c:c + 1] for c in range(3)) for r in range(3))   # noqa: E731
+    consts = _ChunkConstants(
+        fdet=pb.fdet.unbind(), sdet=pb.sdet.unbind(), odet=pb.odet.unbind(), pix0=pb.pix0.unbind(),
+        minus_incident=tuple((-pb.incident[:, c]).view(S, 1) for c in range(3)), lam=lam,
+        pi_lattices=pb.lattices * math.pi, lat_over_lam=(rows(lat), rows(lat * math.pi)))
+    state.constants = (pb, grad, consts)
+    return consts
+
+
 def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     """Float image values (P,) and omega sum for the pixels ``pix`` (flat indices).
 
@@ -294,18 +342,21 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     M = pb.lattices.shape[0]
     K = T * O * O * S                                                   # subpaths per orientation
     dtype, dev = pb.fdet.dtype, pb.fdet.device
+    cst = _constants(pb, state)
 
     if pb.curved:
         pos = _subpixel_positions(pb, pix).permute(1, 2, 3, 0, 4)      # (T, O, O, P, 3)
         px, py, pz = (pos[..., c].contiguous() for c in range(3))
     else:
         coords = _subpixel_coordinates(pb, pix)
-        px, py, pz = (_separable(coords, pb.fdet[c], pb.sdet[c], pb.odet[c], pb.pix0[c]) for c in range(3))
+        px, py, pz = (_separable(coords, cst.fdet[c], cst.sdet[c], cst.odet[c], cst.pix0[c]) for c in range(3))
     airpath = torch.addcmul(torch.addcmul(px * px, py, py), pz, pz).sqrt()   # (T, O, O, P)
 
     def diffracted_at(t: int):
         """Unit diffracted vectors (P, 3) of the first sub-pixel of layer t."""
-        return torch.stack([px[t, 0, 0], py[t, 0, 0], pz[t, 0, 0]], -1) / airpath[t, 0, 0].unsqueeze(-1)
+        i = t * O * O
+        first = lambda x: x.view(-1, P)[i]                               # noqa: E731
+        return torch.stack([first(px), first(py), first(pz)], -1) / first(airpath).unsqueeze(-1)
 
     # solid angle: cached from the first sub-pixel of the first layer unless oversampled
     if pb.oversample_omega:
@@ -319,7 +370,7 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     capture = capture_cached = None
     if pb.thickness_on:
         if pb.oversample_thick:
-            parallax = (px * pb.odet[0] + py * pb.odet[1] + pz * pb.odet[2]) / airpath   # (T, O, O, P)
+            parallax = (px * cst.odet[0] + py * cst.odet[1] + pz * cst.odet[2]) / airpath   # (T, O, O, P)
             layer = torch.arange(T, dtype=dtype, device=dev).view(T, 1, 1, 1)
             capture = capture_fraction(layer, pb.thickstep, pb.mu, parallax)
         else:
@@ -330,8 +381,8 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     # (T, O, O, S, P).  (d - i) first: near the direct beam it is small, and forming it
     # before the product with the lattice keeps float32 Miller indices as accurate as
     # the C's order; 1/lambda is applied to the lattice vectors instead (one pass less).
-    lam = pb.wavelength.view(S, 1)
-    dq = [torch.addcdiv(-pb.incident[:, i].view(S, 1), c.unsqueeze(-2), airpath.unsqueeze(-2))
+    lam = cst.lam
+    dq = [torch.addcdiv(cst.minus_incident[i], c.unsqueeze(-2), airpath.unsqueeze(-2))
           for i, c in enumerate((px, py, pz))]
     keep = None                                                         # (T, O, O, S, P); None: all evaluated
     if pb.dmin > 0:
@@ -361,14 +412,18 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
             polar_cached = polarization_factor(pb.kahn, pb.incident[first % S], d_sel, pb.polar_vector)
             polar_cached = torch.where(kf.any(dim=0), polar_cached, torch.zeros_like(polar_cached))
 
-    # Miller indices, (K, P, M) each
+    # Miller indices, (K, P, M) each.  With a constant default_F and the Chebyshev lattice
+    # factor only cos(pi h) is needed: the lattice vectors then carry the factor pi.
+    F_constant = not state.interpolate and (pb.hkls == 0 or pb.F_grid is None)
+    pi_scaled = F_constant and chebyshev_lattice(pb, dtype)
+    lat_scale = math.pi if pi_scaled else 1.0
     if M > 1:
         qf = torch.stack([(c / lam).reshape(-1) for c in dq], -1)                      # (K P, 3)
-        h, k, l = (u.view(K, P, M) for u in miller_indices(pb, qf))
+        h, k, l = (u.view(K, P, M) for u in miller_indices(pb, qf, cst.pi_lattices if pi_scaled else None))
     else:
-        lat = pb.lattices[0].unsqueeze(0) / pb.wavelength.view(S, 1, 1)                # (S, 3 rows a b c, 3)
-        h, k, l = (torch.addcmul(torch.addcmul(dq[0] * lat[:, r, 0:1], dq[1], lat[:, r, 1:2]),
-                                 dq[2], lat[:, r, 2:3]).view(K, P, 1) for r in range(3))
+        lat = cst.lat_over_lam[1 if pi_scaled else 0]                                  # [row a b c][x y z]: (S, 1)
+        h, k, l = (torch.addcmul(torch.addcmul(dq[0] * lat[r][0], dq[1], lat[r][1]), dq[2], lat[r][2]).view(K, P, 1)
+                   for r in range(3))
     if pb.lattices_first is not None and not state.first_done:
         # C-PARITY-001: the run's very first evaluation (in loop order) uses the unrotated lattice
         if keep is None:
@@ -383,14 +438,14 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
             sub, src = kk // S, kk % S
             d = torch.stack([c.reshape(-1, P)[sub, p] for c in (px, py, pz)]) / airpath.reshape(-1, P)[sub, p]
             q1 = ((d - pb.incident[src]) / pb.wavelength[src]).unsqueeze(0)
-            hf, kf_, lf = miller_indices(pb, q1, pb.lattices_first)
+            hf, kf_, lf = miller_indices(pb, q1, pb.lattices_first * lat_scale)
             h, k, l = h.clone(), k.clone(), l.clone()
             h[kk, p], k[kk, p], l[kk, p] = hf[0], kf_[0], lf[0]
             state.first_done = True
 
-    F2_latt = lattice_factor_sq(pb, h, k, l)                           # (K, P, M)
+    F2_latt = lattice_factor_sq(pb, h, k, l, pi_scaled)                # (K, P, M)
     keep3 = None if keep is None else keep.reshape(K, P, 1)
-    if not state.interpolate and (pb.hkls == 0 or pb.F_grid is None):
+    if F_constant:
         F_cell = None                                                  # constant default_F
     else:
         evaluated = (F2_latt != 0) | pb.water
@@ -403,7 +458,7 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
         term = torch.where(keep3, term, torch.zeros_like(term))
 
     if not (pb.oversample_thick or pb.oversample_polar or pb.oversample_omega):
-        I = term.reshape(P) if K * M == 1 else term.sum(dim=(0, 2))
+        I = term.reshape(K, P).sum(0) if M == 1 else term.sum(-1).sum(0)     # contiguous reductions first
         if F_cell is None:
             I = I * (pb.default_F * pb.default_F)
         I = pb.I_bg + I

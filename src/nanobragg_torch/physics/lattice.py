@@ -99,9 +99,9 @@ def sincg_chebyshev(x: torch.Tensor, N: int) -> torch.Tensor:
     return p
 
 
-def sincg_chebyshev_inplace(u: torch.Tensor, N: int) -> torch.Tensor:
-    """:func:`sincg_chebyshev` of ``pi * u`` with two temporaries and in-place arithmetic (no autograd)."""
-    c = torch.mul(u, math.pi).cos_()
+def sincg_chebyshev_inplace(u: torch.Tensor, N: int, pi_scaled: bool = False) -> torch.Tensor:
+    """:func:`sincg_chebyshev` of ``pi * u`` (of ``u`` when ``pi_scaled``) with in-place arithmetic (no autograd)."""
+    c = torch.cos(u) if pi_scaled else torch.mul(u, math.pi).cos_()
     coef = chebyshev_u_coefficients(N)
     odd = (int(N) - 1) % 2 == 1
     if len(coef) == 1:                   # N = 1: 1;  N = 2: 2c
