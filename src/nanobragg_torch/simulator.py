@@ -31,7 +31,7 @@ import torch
 from .config import (AVOGADRO, R_E_SQR, WATER_F, WATER_MW, BeamConfig, CrystalConfig,
                      DetectorConfig, SimulationOptions, StructureFactorConfig)
 from .engine import RenderProblem, render
-from .models.base import to_float
+from .models.base import RefTracked, to_float
 from .models.beam import Beam, Sources
 from .models.crystal import Crystal, Lattice
 from .models.detector import Detector, DetectorGeometry
@@ -366,7 +366,7 @@ def simulate(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
                             interp_warning=res.state.oob_warning, intermediates=inter)
 
 
-class Simulator(torch.nn.Module):
+class Simulator(RefTracked):
     """``torch.nn.Module`` wrapper of :func:`simulate`: holds the four models, ``forward()`` renders.
 
     Args:
@@ -390,24 +390,16 @@ class Simulator(torch.nn.Module):
     def __init__(self, crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
                  structure_factors: SFLike, options: Optional[SimulationOptions] = None,
                  checkpoint: bool = False):
-        super().__init__()
-        self.checkpoint = checkpoint
         xt, det, bm, sf = as_models(crystal, detector, beam, structure_factors)
-        self.options = options or SimulationOptions()
-        dt = _dtype(self.options.dtype)
+        options = options or SimulationOptions()
+        dt = _dtype(options.dtype)
+        super().__init__(dtype=dt, device=options.device)
+        self.checkpoint = checkpoint
+        self.options = options
         self.crystal = xt.to(device=self.options.device, dtype=dt)
         self.detector = det.to(device=self.options.device, dtype=dt)
         self.beam = bm.to(device=self.options.device, dtype=dt)
         self.structure_factors = sf.to(device=self.options.device, dtype=dt)
-        self.register_buffer("_ref", torch.zeros((), dtype=dt, device=self.options.device), persistent=False)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._ref.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._ref.device
 
     def forward(self, return_intermediates: bool = False):
         opts = dataclasses.replace(self.options, dtype=self.dtype, device=str(self.device))

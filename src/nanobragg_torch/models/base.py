@@ -65,7 +65,27 @@ def needs_grad(x) -> bool:
     return False
 
 
-class TensorModel(torch.nn.Module):
+class RefTracked(torch.nn.Module):
+    """A module whose ``dtype``/``device`` follow ``.to()`` through a scalar ``_ref`` buffer.
+
+    The buffer is never used in computations; it only records where the module lives.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float64, device=None):
+        super().__init__()
+        self.register_buffer("_ref", torch.zeros((), dtype=dtype, device=device), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the module's buffers (float64 unless moved with ``.to()``)."""
+        return self._ref.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._ref.device
+
+
+class TensorModel(RefTracked):
     """Base class: a module whose continuous fields (named in ``_fields``) are tensors."""
 
     _fields: tuple = ()
@@ -75,8 +95,6 @@ class TensorModel(torch.nn.Module):
         object.__setattr__(self, "_graph", {})      # name -> tensor carrying a graph
         object.__setattr__(self, "_split", {})      # name -> number of entries
         object.__setattr__(self, "_nones", set())   # fields set to None
-        # tracks the module's dtype/device through .to(); never used in computations
-        self.register_buffer("_ref", torch.zeros((), dtype=torch.float64), persistent=False)
 
     def _discrete_kwargs(self, config_cls, kwargs: dict, continuous: Iterable[str], extra=()) -> dict:
         """Refuse keywords that are not fields of ``config_cls`` (nor in ``extra``), with a
@@ -165,15 +183,6 @@ class TensorModel(torch.nn.Module):
     def requires_grad_of(self, name: str) -> bool:
         """True if field ``name`` (or an entry of it) requires grad."""
         return needs_grad(getattr(self, name))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Floating dtype of the module's buffers (float64 unless moved with ``.to()``)."""
-        return self._ref.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._ref.device
 
     def graph_tensors(self) -> Iterable[torch.Tensor]:
         """Tensors stored as given because they carry a graph (not moved by ``.to()``)."""
