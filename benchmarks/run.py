@@ -3,14 +3,17 @@
 
     python benchmarks/run.py [--c-bin PATH | NB_C_BIN=PATH] [--cases B1,B2,B3,B4] [--dtype float32]
                              [--repeat 3] [--json benchmarks/results.json] [--b3-size 2048]
+                             [--device cpu|cuda] [--compile]
 
 For every case it reports: evaluations (pixels x subpaths), the C program's
 whole-process wall time, ours as a whole CLI process, ours in-process after a
 warm-up ("steady state"), the ratios, and the peak resident memory of each
 process, plus CPU seconds (user + system) of the C process and of our steady-state
 renders as a diagnostic.  Whole-process figures are medians over ``--repeat``
-runs; the C program runs with its default OpenMP threads.  Not part of the test
-suite.
+runs; the C program runs with its default OpenMP threads.  ``--compile`` runs our
+side with ``-compile`` (torch.compile's fused kernels where the problem allows):
+the first in-process render, which pays the compilation, is reported on its own
+("first s"), the steady state after it.  Not part of the test suite.
 """
 from __future__ import annotations
 
@@ -64,12 +67,12 @@ def timed_process(cmd, cwd):
     return float(wall), int(rss_kb) / 1024.0, float(cpu)
 
 
-def steady_state(args, cwd, repeat, dtype, device="cpu"):
+def steady_state(args, cwd, repeat, dtype, device="cpu", compiled=False):
     """In-process render time after a warm-up (set-up excluded), and the evaluation count."""
     import torch
     from nanobragg_torch.cli.flags import parse_flags
     from nanobragg_torch.cli.resolve import build_setup
-    from nanobragg_torch.engine import render
+    from nanobragg_torch.engine import compile_eligible, render
     from nanobragg_torch.simulator import build_problem, prepare
     st = build_setup(parse_flags(args + ["-dtype", dtype, "-device", device]), cwd=str(cwd))
     prep = prepare(st.crystal, st.detector, st.beam)
@@ -80,16 +83,16 @@ def steady_state(args, cwd, repeat, dtype, device="cpu"):
     times, cpus = [], []
     with torch.no_grad():
         t = time.perf_counter()
-        render(pb, st.options.max_chunk_elements)
+        render(pb, st.options.max_chunk_elements, compiled=compiled)
         sync()
         first = time.perf_counter() - t
         for _ in range(repeat):
             t, c = time.perf_counter(), time.process_time()
-            render(pb, st.options.max_chunk_elements)
+            render(pb, st.options.max_chunk_elements, compiled=compiled)
             sync()
             times.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
-    return statistics.median(times), first, evals, statistics.median(cpus)
+    return statistics.median(times), first, evals, statistics.median(cpus), compiled and compile_eligible(pb)
 
 
 def main(argv=None):
@@ -100,6 +103,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--b3-size", type=int, default=2048, help="detector pixels of B3 (4096 for the memory check)")
     ap.add_argument("--device", default="cpu", help="our -device (cpu, cuda, cuda:N); the C always runs on the CPU")
+    ap.add_argument("--compile", action="store_true", help="our side with -compile (fused kernels)")
     ap.add_argument("--no-cli", action="store_true", help="skip our whole-process runs")
     ap.add_argument("--no-steady", action="store_true", help="skip the in-process steady-state runs")
     ap.add_argument("--json", default="benchmarks/results.json")
@@ -110,22 +114,23 @@ def main(argv=None):
     rows = []
     for name in a.cases.split(","):
         args = shlex.split(CASES[name].format(b3=a.b3_size)) + ["-noprogress"]
-        row = {"case": name, "args": " ".join(args), "dtype": a.dtype, "device": a.device}
+        row = {"case": name, "args": " ".join(args), "dtype": a.dtype, "device": a.device, "compile": a.compile}
         if a.c_bin:
             runs = [timed_process([a.c_bin] + args, work) for _ in range(a.repeat)]
             row["c_wall_s"] = statistics.median(r[0] for r in runs)
             row["c_rss_mib"] = max(r[1] for r in runs)
             row["c_cpu_s"] = statistics.median(r[2] for r in runs)
         if not a.no_cli:
-            ours = [sys.executable, "-m", "nanobragg_torch"] + args + ["-dtype", a.dtype, "-device", a.device]
+            ours = [sys.executable, "-m", "nanobragg_torch"] + args + ["-dtype", a.dtype, "-device", a.device] + (["-compile"] if a.compile else [])
             runs = [timed_process(ours, work) for _ in range(a.repeat)]
             row["ours_wall_s"] = statistics.median(r[0] for r in runs)
             row["ours_rss_mib"] = max(r[1] for r in runs)
             row["ours_cpu_s"] = statistics.median(r[2] for r in runs)
         if not a.no_steady:
-            steady, first, evals, steady_cpu = steady_state(args, work, a.repeat, a.dtype, a.device)
+            steady, first, evals, steady_cpu, fused = steady_state(args, work, a.repeat, a.dtype, a.device,
+                                                                  a.compile)
             row.update(ours_steady_s=steady, ours_first_render_s=first, evaluations=evals,
-                       ours_steady_cpu_s=steady_cpu)
+                       ours_steady_cpu_s=steady_cpu, fused_kernels=fused)
         if "c_wall_s" in row and "ours_steady_s" in row:
             row["ratio_c_over_steady"] = row["c_wall_s"] / row["ours_steady_s"]
         if "c_wall_s" in row and "ours_wall_s" in row:
@@ -135,8 +140,9 @@ def main(argv=None):
 
     hdr = f"{'case':4s} {'evaluations':>12s} {'C wall s':>9s} {'ours wall s':>11s} {'steady s':>9s} " \
           f"{'C/steady':>8s} {'C/wall':>7s} {'C RSS MiB':>9s} {'ours RSS MiB':>12s} " \
-          f"{'C cpu s':>8s} {'steady cpu s':>12s}"
-    print(f"# {platform.node()} {os.cpu_count()} cores, ours on {a.device}, dtype {a.dtype}, median of {a.repeat}")
+          f"{'C cpu s':>8s} {'steady cpu s':>12s} {'first s':>8s} {'fused':>5s}"
+    print(f"# {platform.node()} {os.cpu_count()} cores, ours on {a.device}, dtype {a.dtype}, median of {a.repeat}"
+          + (", -compile" if a.compile else ""))
     print(hdr)
     f = lambda r, k, fmt: (fmt % r[k]) if k in r else "-"
     for r in rows:
@@ -144,11 +150,13 @@ def main(argv=None):
               f"{f(r, 'ours_wall_s', '%11.2f'):>11s} {f(r, 'ours_steady_s', '%9.3f'):>9s} "
               f"{f(r, 'ratio_c_over_steady', '%8.2f'):>8s} {f(r, 'ratio_c_over_wall', '%7.2f'):>7s} "
               f"{f(r, 'c_rss_mib', '%9.0f'):>9s} {f(r, 'ours_rss_mib', '%12.0f'):>12s} "
-              f"{f(r, 'c_cpu_s', '%8.2f'):>8s} {f(r, 'ours_steady_cpu_s', '%12.3f'):>12s}")
+              f"{f(r, 'c_cpu_s', '%8.2f'):>8s} {f(r, 'ours_steady_cpu_s', '%12.3f'):>12s} "
+              f"{f(r, 'ours_first_render_s', '%8.2f'):>8s} {('yes' if r.get('fused_kernels') else 'no'):>5s}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         with open(a.json, "w") as fh:
             json.dump({"machine": platform.platform(), "cores": os.cpu_count(), "dtype": a.dtype, "device": a.device,
+                       "compile": a.compile,
                        "repeat": a.repeat, "rows": rows}, fh, indent=1)
     return 0
 

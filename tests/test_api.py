@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,9 @@ from nanobragg_torch import (Beam, BeamConfig, Crystal, CrystalConfig, Detector,
                              SimulationOptions, Simulator, StructureFactorConfig, StructureFactors,
                              from_args, simulate)
 
-from conftest import TEST_DEVICE as DEVICE, requires_test_device  # noqa: E402
+from conftest import GOLDEN, TEST_DEVICE as DEVICE, requires_test_device  # noqa: E402
 
 pytestmark = [requires_test_device, pytest.mark.usefixtures("one_thread")]
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 DEG = math.pi / 180.0
 PX = 1e-3
 

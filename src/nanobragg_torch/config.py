@@ -161,3 +161,4 @@ class SimulationOptions:
     dmin: float = 0.0
     max_chunk_elements: int = 1 << 19     # = engine.DEFAULT_CHUNK_ELEMENTS (see there)
     progress: bool = False
+    compile: bool = False                 # fused kernels via torch.compile (engine.render's compiled)

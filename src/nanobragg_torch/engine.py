@@ -20,7 +20,9 @@ flattened axis".
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -500,18 +502,81 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 19
 DEFAULT_CHUNK_ELEMENTS_GPU = 1 << 23
 
 
-def choose_chunk(pb: RenderProblem, max_elements: int) -> int:
+def chunk_weight(pb: RenderProblem) -> int:
+    """Elements one pixel counts for in a chunk: its subpaths, times the extra work per subpath."""
     per_pixel = pb.thicksteps * pb.oversample ** 2 * pb.incident.shape[0] * pb.lattices.shape[0]
     if pb.interpolate:
         per_pixel *= 12                 # the 4x4x4 neighbourhoods (measured: B4 fastest at 12)
     if pb.oversample_thick or pb.oversample_polar or pb.oversample_omega:
         per_pixel *= 4
-    return max(1, int(max_elements // max(per_pixel, 1)))
+    return max(per_pixel, 1)
+
+
+def choose_chunk(pb: RenderProblem, max_elements: int) -> int:
+    """Pixels per chunk for a budget of ``max_elements`` (at least one pixel)."""
+    return max(1, int(max_elements // chunk_weight(pb)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled chunks (opt-in: SimulationOptions.compile, CLI -compile).  The same render_chunk,
+# traced by torch.compile into fused kernels: one pass over memory per chunk instead of ~45.
+# Only for problems whose chunks carry no state from chunk to chunk (no tricubic
+# interpolation, whose switch-off is order-dependent; no C-PARITY-001 first evaluation),
+# and only where no gradient is asked for.  The first render of a problem pays the
+# compilation (tens of seconds; inductor keeps the kernels in its on-disk cache, so a later
+# process pays the tracing only); benchmarks/README.md has the figures.
+
+_compiled_fn = None
+_compile_error: Optional[str] = None
+
+
+def compile_eligible(pb: RenderProblem) -> bool:
+    """True when a chunk's image depends on nothing carried from earlier chunks."""
+    return not pb.interpolate and pb.lattices_first is None
+
+
+def _needs_grad(pb: RenderProblem) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(v, torch.Tensor) and v.requires_grad
+        for v in (getattr(pb, f.name) for f in dataclasses.fields(pb)))
+
+
+def _chunk_fresh_state(pb: RenderProblem, pix: torch.Tensor):
+    return render_chunk(pb, pix, RenderState())
+
+
+def _compiled_chunk(pb: RenderProblem, pix: torch.Tensor):
+    """(values, omega_sum) of one chunk through the compiled kernel; None if compiling failed."""
+    global _compiled_fn, _compile_error
+    if _compile_error is not None:
+        return None
+    if _compiled_fn is None:
+        import torch._dynamo
+        cfg = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):     # one specialisation per problem
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 256))
+        _compiled_fn = torch.compile(_chunk_fresh_state, dynamic=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # tracer notes (lru_cache wrappers) are not for users
+            return _compiled_fn(pb, pix)
+    except Exception as exc:                          # no C compiler, unsupported backend, ...
+        _compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        warnings.warn(f"-compile: compiling the engine failed ({_compile_error}); rendering uncompiled",
+                      RuntimeWarning, stacklevel=3)
+        return None
 
 
 def render(pb: RenderProblem, max_elements: int = DEFAULT_CHUNK_ELEMENTS,
-           progress: Optional[Callable[[int, int], None]] = None) -> RenderResult:
-    """Render the whole image; pixels not in ``pb.pixels`` stay zero."""
+           progress: Optional[Callable[[int, int], None]] = None,
+           compiled: bool = False) -> RenderResult:
+    """Render the whole image; pixels not in ``pb.pixels`` stay zero.
+
+    ``compiled``: render full-size chunks through torch.compile's fused kernels where the
+    problem allows (:func:`compile_eligible`, no gradient asked for); otherwise, and for the
+    last, shorter chunk, the eager path.
+    """
     keep_freed_memory()
     state = RenderState(interpolate=pb.interpolate)
     dtype = pb.fdet.dtype
@@ -523,9 +588,13 @@ def render(pb: RenderProblem, max_elements: int = DEFAULT_CHUNK_ELEMENTS,
     flat = torch.zeros(pb.spixels * pb.fpixels, dtype=dtype, device=dev)
     omega_sum = torch.zeros((), dtype=dtype, device=dev)
     graph_values = []                                 # chunks that carry gradients
+    use_compiled = compiled and compile_eligible(pb) and not _needs_grad(pb)
     for start in range(0, n, chunk):
         pix = pb.pixels[start:start + chunk]
-        v, osum = render_chunk(pb, pix, state)
+        out = None
+        if use_compiled and pix.shape[0] == chunk:    # one shape: one specialisation
+            out = _compiled_chunk(pb, pix)
+        v, osum = out if out is not None else render_chunk(pb, pix, state)
         if v.requires_grad:
             graph_values.append(v)
         else:

@@ -153,6 +153,7 @@ class RawFlags:
     # this project's own flags
     dtype: str = "float32"
     device: str = "cpu"
+    compile: bool = False                   # -compile: fused kernels (torch.compile)
     phi_carryover: str = "fixed"
     trace_pixel: Optional[List[int]] = None
     trace_json: Optional[str] = None
@@ -504,6 +505,7 @@ RULES: List[Rule] = [
 EXTRA_RULES: List[Rule] = [
     Rule(lambda a: a == "-dtype", 1, _dtype, ("-dtype",), "D"),
     Rule(lambda a: a == "-device", 1, _device, ("-device",), "V"),
+    Rule(lambda a: a == "-compile", 0, _setmany(compile=True), ("-compile",), ""),
     Rule(lambda a: a == "-phi_carryover", 1, _carry, ("-phi_carryover",), "K"),
     Rule(lambda a: a == "-trace_pixel", 2, _trace_pixel, ("-trace_pixel",), "ii"),
     Rule(lambda a: a in ("--trace-json", "-trace_json"), 1, _file("trace_json"), ("--trace-json", "-trace_json"), "s"),

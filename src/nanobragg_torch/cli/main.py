@@ -402,7 +402,8 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
         trace_pixel(st, prep, pb, out, json_path=(path(f.trace_json) if f.trace_json else None))
     try:
         with torch.no_grad():
-            res = render(pb, st.options.max_chunk_elements, progress=progress)
+            res = render(pb, st.options.max_chunk_elements, progress=progress,
+                         compiled=st.options.compile)
     finally:
         if progress is not None:
             progress.close()
