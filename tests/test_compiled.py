@@ -63,21 +63,11 @@ def _corr_rel(ref, got):
 
 
 def _render_compiled(pb, max_elements):
-    calls = []
-    real = engine._compiled_chunk
-
-    def counted(pb_, pix):
-        out = real(pb_, pix)
-        calls.append(out is not None)
-        return out
-    engine._compiled_chunk = counted
-    try:
-        with torch.no_grad():
-            img = render(pb, max_elements, compiled=True).image
-    finally:
-        engine._compiled_chunk = real
-    assert calls and all(calls), "no chunk went through the compiled kernel"
-    return img.double().cpu().numpy().ravel()
+    with torch.no_grad():
+        res = render(pb, max_elements, compiled=True)
+    full = pb.pixels.numel() // engine.choose_chunk(pb, max_elements)
+    assert full >= 2 and res.compiled_chunks == full, f"{res.compiled_chunks} of {full} chunks compiled"
+    return res.image.double().cpu().numpy().ravel()
 
 
 F32_CASES = ["oversample_3_flags", "thickness", "mosaic", "dmin", "water", "sourcefile", "curved_det",
@@ -108,9 +98,9 @@ def test_ineligible_and_gradient_renders_take_the_eager_path(tmp_path, monkeypat
     pb = _problem("interp_auto", "float64", tmp_path)
     assert not compile_eligible(pb)
     with torch.no_grad():
-        a = render(pb, _small_chunks(pb), compiled=True).image
+        res = render(pb, _small_chunks(pb), compiled=True)
         b = render(pb, _small_chunks(pb)).image
-    assert torch.equal(a, b)
+    assert res.compiled_chunks == 0 and torch.equal(res.image, b)
     # a tensor that asks for a gradient
     pb2 = _problem("tiny", "float64", tmp_path)
     pb2.fluence = pb2.fluence.detach().clone().requires_grad_()
@@ -129,7 +119,9 @@ def test_compile_failure_warns_once_and_renders_uncompiled(tmp_path, monkeypatch
     monkeypatch.setattr(engine, "_compiled_fn", broken)
     with warnings.catch_warnings(record=True) as w, torch.no_grad():
         warnings.simplefilter("always")
-        a = render(pb, _small_chunks(pb), compiled=True).image
+        res = render(pb, _small_chunks(pb), compiled=True)
+    a = res.image
+    assert res.compiled_chunks == 0
     msgs = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
     assert len(msgs) == 1 and "no C compiler found" in msgs[0] and "second line" not in msgs[0]
     with torch.no_grad():

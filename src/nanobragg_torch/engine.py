@@ -105,6 +105,7 @@ class RenderResult:
     image: torch.Tensor           # (spixels, fpixels)
     omega_sum: torch.Tensor
     state: RenderState = field(default_factory=RenderState)
+    compiled_chunks: int = 0      # chunks rendered through the compiled kernel (render(compiled=True))
 
 
 def _subpixel_positions(pb: RenderProblem, pix: torch.Tensor):
@@ -589,11 +590,13 @@ def render(pb: RenderProblem, max_elements: int = DEFAULT_CHUNK_ELEMENTS,
     omega_sum = torch.zeros((), dtype=dtype, device=dev)
     graph_values = []                                 # chunks that carry gradients
     use_compiled = compiled and compile_eligible(pb) and not _needs_grad(pb)
+    n_compiled = 0
     for start in range(0, n, chunk):
         pix = pb.pixels[start:start + chunk]
         out = None
         if use_compiled and pix.shape[0] == chunk:    # one shape: one specialisation
             out = _compiled_chunk(pb, pix)
+            n_compiled += out is not None
         v, osum = out if out is not None else render_chunk(pb, pix, state)
         if v.requires_grad:
             graph_values.append(v)
@@ -604,4 +607,5 @@ def render(pb: RenderProblem, max_elements: int = DEFAULT_CHUNK_ELEMENTS,
             progress(min(start + chunk, n), n)
     if graph_values:
         flat = flat.index_put((pb.pixels,), torch.cat(graph_values))   # one out-of-place scatter
-    return RenderResult(image=flat.reshape(pb.spixels, pb.fpixels), omega_sum=omega_sum, state=state)
+    return RenderResult(image=flat.reshape(pb.spixels, pb.fpixels), omega_sum=omega_sum, state=state,
+                        compiled_chunks=n_compiled)
