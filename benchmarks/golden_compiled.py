@@ -60,8 +60,6 @@ def main(argv=None):
         w = engine.chunk_weight(pb)
         n = pb.pixels.numel()
         ch = min(max(1, n // 2), max(1, (1 << 19) // w))
-        if ch > 1 and ch * w == engine.DEFAULT_CHUNK_ELEMENTS:     # a GPU render would replace the default
-            ch -= 1
         t = time.perf_counter()
         with torch.no_grad():
             res = engine.render(pb, ch * w, compiled=True)

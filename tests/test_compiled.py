@@ -45,14 +45,9 @@ def _problem(case, dtype, tmp_path):
 
 
 def _small_chunks(pb):
-    """A chunk budget that gives at least two full chunks (the compiled kernel's shape).
-
-    Never exactly the default budget: a GPU render replaces that with its own, larger one.
-    """
+    """A chunk budget that gives at least two full chunks (the compiled kernel's shape)."""
     n = pb.pixels.numel()
     ch = min(max(1, n // 2), max(1, (1 << 19) // chunk_weight(pb)))
-    if ch > 1 and ch * chunk_weight(pb) == engine.DEFAULT_CHUNK_ELEMENTS:
-        ch -= 1
     return ch * chunk_weight(pb)
 
 

@@ -159,6 +159,6 @@ class SimulationOptions:
     dtype: str = "float64"
     device: str = "cpu"
     dmin: float = 0.0
-    max_chunk_elements: int = 1 << 19     # = engine.DEFAULT_CHUNK_ELEMENTS (see there)
+    max_chunk_elements: Optional[int] = None   # None: engine.default_chunk_elements (2^19 CPU, 2^23 GPU)
     progress: bool = False
     compile: bool = False                 # fused kernels via torch.compile (engine.render's compiled)

@@ -503,6 +503,11 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 19
 DEFAULT_CHUNK_ELEMENTS_GPU = 1 << 23
 
 
+def default_chunk_elements(device) -> int:
+    """The chunk budget used when none is given: the CPU's or the GPU's default."""
+    return DEFAULT_CHUNK_ELEMENTS if torch.device(device).type == "cpu" else DEFAULT_CHUNK_ELEMENTS_GPU
+
+
 def chunk_weight(pb: RenderProblem) -> int:
     """Elements one pixel counts for in a chunk: its subpaths, times the extra work per subpath."""
     per_pixel = pb.thicksteps * pb.oversample ** 2 * pb.incident.shape[0] * pb.lattices.shape[0]
@@ -569,10 +574,12 @@ def _compiled_chunk(pb: RenderProblem, pix: torch.Tensor):
         return None
 
 
-def render(pb: RenderProblem, max_elements: int = DEFAULT_CHUNK_ELEMENTS,
+def render(pb: RenderProblem, max_elements: Optional[int] = None,
            progress: Optional[Callable[[int, int], None]] = None,
            compiled: bool = False) -> RenderResult:
     """Render the whole image; pixels not in ``pb.pixels`` stay zero.
+
+    ``max_elements``: evaluations per chunk; None: :func:`default_chunk_elements` of the device.
 
     ``compiled``: render full-size chunks through torch.compile's fused kernels where the
     problem allows (:func:`compile_eligible`, no gradient asked for); otherwise, and for the
@@ -582,8 +589,8 @@ def render(pb: RenderProblem, max_elements: int = DEFAULT_CHUNK_ELEMENTS,
     state = RenderState(interpolate=pb.interpolate)
     dtype = pb.fdet.dtype
     dev = pb.fdet.device
-    if dev.type != "cpu" and max_elements == DEFAULT_CHUNK_ELEMENTS:
-        max_elements = DEFAULT_CHUNK_ELEMENTS_GPU
+    if max_elements is None:
+        max_elements = default_chunk_elements(dev)
     n = pb.pixels.shape[0]
     chunk = choose_chunk(pb, max_elements)
     flat = torch.zeros(pb.spixels * pb.fpixels, dtype=dtype, device=dev)

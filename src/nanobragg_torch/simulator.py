@@ -271,7 +271,7 @@ class _RecomputedChunk(torch.autograd.Function):
         return (None, None, None, None, None, *grads)
 
 
-def render_checkpointed(pb: RenderProblem, max_elements: int = (1 << 19),
+def render_checkpointed(pb: RenderProblem, max_elements: Optional[int] = None,
                         progress: Optional[Callable[[int, int], None]] = None):
     """:func:`nanobragg_torch.engine.render` keeping no per-chunk intermediates for backward.
 
@@ -282,12 +282,13 @@ def render_checkpointed(pb: RenderProblem, max_elements: int = (1 << 19),
     computation saw.
     """
     from ._memory import keep_freed_memory
-    from .engine import RenderResult, RenderState, choose_chunk, render_chunk
+    from .engine import DEFAULT_CHUNK_ELEMENTS, RenderResult, RenderState, choose_chunk, render_chunk
     keep_freed_memory()
     state = RenderState(interpolate=pb.interpolate)
     dtype, dev = pb.fdet.dtype, pb.fdet.device
     n = pb.pixels.shape[0]
-    chunk = choose_chunk(pb, max_elements)
+    # None: the CPU budget on every device (a checkpointed render is about bounded memory)
+    chunk = choose_chunk(pb, DEFAULT_CHUNK_ELEMENTS if max_elements is None else max_elements)
     names = [f.name for f in dataclasses.fields(pb)
              if isinstance(getattr(pb, f.name), torch.Tensor) and getattr(pb, f.name).requires_grad]
     tensors = [getattr(pb, n_) for n_ in names]

@@ -575,7 +575,7 @@ def trace_pixel(st, prep, pb, out, json_path: Optional[str] = None):
               % str(engine_dtype).replace("torch.", ""), file=out)
     try:
         data = compute_trace(pb, spixel, fpixel, st=st, prep=prep,
-                             max_elements=getattr(st.options, "max_chunk_elements", (1 << 19)))
+                             max_elements=getattr(st.options, "max_chunk_elements", None) or (1 << 19))
     except TraceError as e:
         from ..cli.resolve import SetupError
         raise SetupError(str(e)) from None
