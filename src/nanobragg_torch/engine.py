@@ -541,10 +541,14 @@ def compile_eligible(pb: RenderProblem) -> bool:
     return not pb.interpolate and pb.lattices_first is None
 
 
+def grad_fields(pb: RenderProblem) -> list:
+    """Names of the problem's tensor fields that require grad."""
+    return [f.name for f in dataclasses.fields(pb)
+            if isinstance(getattr(pb, f.name), torch.Tensor) and getattr(pb, f.name).requires_grad]
+
+
 def _needs_grad(pb: RenderProblem) -> bool:
-    return torch.is_grad_enabled() and any(
-        isinstance(v, torch.Tensor) and v.requires_grad
-        for v in (getattr(pb, f.name) for f in dataclasses.fields(pb)))
+    return torch.is_grad_enabled() and bool(grad_fields(pb))
 
 
 def _chunk_fresh_state(pb: RenderProblem, pix: torch.Tensor):

@@ -282,15 +282,14 @@ def render_checkpointed(pb: RenderProblem, max_elements: Optional[int] = None,
     computation saw.
     """
     from ._memory import keep_freed_memory
-    from .engine import DEFAULT_CHUNK_ELEMENTS, RenderResult, RenderState, choose_chunk, render_chunk
+    from .engine import DEFAULT_CHUNK_ELEMENTS, RenderResult, RenderState, choose_chunk, grad_fields, render_chunk
     keep_freed_memory()
     state = RenderState(interpolate=pb.interpolate)
     dtype, dev = pb.fdet.dtype, pb.fdet.device
     n = pb.pixels.shape[0]
     # None: the CPU budget on every device (a checkpointed render is about bounded memory)
     chunk = choose_chunk(pb, DEFAULT_CHUNK_ELEMENTS if max_elements is None else max_elements)
-    names = [f.name for f in dataclasses.fields(pb)
-             if isinstance(getattr(pb, f.name), torch.Tensor) and getattr(pb, f.name).requires_grad]
+    names = grad_fields(pb)
     tensors = [getattr(pb, n_) for n_ in names]
     values = []
     omega_sum = torch.zeros((), dtype=dtype, device=dev)
