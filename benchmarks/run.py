@@ -72,7 +72,7 @@ def steady_state(args, cwd, repeat, dtype, device="cpu", compiled=False):
     import torch
     from nanobragg_torch.cli.flags import parse_flags
     from nanobragg_torch.cli.resolve import build_setup
-    from nanobragg_torch.engine import compile_eligible, render
+    from nanobragg_torch.engine import render
     from nanobragg_torch.simulator import build_problem, prepare
     st = build_setup(parse_flags(args + ["-dtype", dtype, "-device", device]), cwd=str(cwd))
     prep = prepare(st.crystal, st.detector, st.beam)
@@ -88,11 +88,11 @@ def steady_state(args, cwd, repeat, dtype, device="cpu", compiled=False):
         first = time.perf_counter() - t
         for _ in range(repeat):
             t, c = time.perf_counter(), time.process_time()
-            render(pb, st.options.max_chunk_elements, compiled=compiled)
+            res = render(pb, st.options.max_chunk_elements, compiled=compiled)
             sync()
             times.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
-    return statistics.median(times), first, evals, statistics.median(cpus), compiled and compile_eligible(pb)
+    return statistics.median(times), first, evals, statistics.median(cpus), res.compiled_chunks > 0
 
 
 def main(argv=None):
