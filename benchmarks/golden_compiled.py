@@ -27,10 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanobragg_torch import engine
-from nanobragg_torch.cli.flags import parse_flags
-from nanobragg_torch.cli.resolve import build_setup
-from nanobragg_torch.simulator import build_problem, prepare
+from nanobragg_torch import engine, pipeline
 
 
 def main(argv=None):
@@ -50,10 +47,10 @@ def main(argv=None):
         work = Path(tempfile.mkdtemp(prefix="nbcomp_"))
         os.symlink(g / "inputs", work / "inputs")
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            st = build_setup(parse_flags(shlex.split(spec["args"]) + ["-dtype", a.dtype, "-device", a.device]),
-                             cwd=str(work))
-            prep = prepare(st.crystal, st.detector, st.beam)
-            pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
+            st = pipeline.setup_from_args(shlex.split(spec["args"]) + ["-dtype", a.dtype, "-device", a.device],
+                                          cwd=str(work))
+            prep = pipeline.prepare_setup(st)
+            pb = pipeline.make_problem(st, prep)
         if not engine.compile_eligible(pb):
             print(f"{case}: not taken by the compiled path (eager)", flush=True)
             continue

@@ -25,7 +25,7 @@ import nanobragg_torch.engine as engine
 from nanobragg_torch.cli.flags import parse_flags
 from nanobragg_torch.cli.resolve import build_setup
 from nanobragg_torch.engine import chunk_weight, compile_eligible, render
-from nanobragg_torch.simulator import build_problem, prepare
+from nanobragg_torch import pipeline
 
 from conftest import TEST_DEVICE, golden_cases, golden_dir, requires_test_device
 
@@ -37,10 +37,10 @@ def _problem(case, dtype, tmp_path):
     work.mkdir()
     os.symlink(golden_dir() / "inputs", work / "inputs")
     with contextlib.redirect_stdout(io.StringIO()):
-        st = build_setup(parse_flags(shlex.split(golden_cases()[case]["args"]) + ["-dtype", dtype, "-device", TEST_DEVICE]),
-                         cwd=str(work))
-        prep = prepare(st.crystal, st.detector, st.beam)
-        pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
+        st = pipeline.setup_from_args(shlex.split(golden_cases()[case]["args"]) + ["-dtype", dtype, "-device", TEST_DEVICE],
+                                      cwd=str(work))
+        prep = pipeline.prepare_setup(st)
+        pb = pipeline.make_problem(st, prep)
     return pb
 
 

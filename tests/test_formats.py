@@ -189,12 +189,10 @@ def test_format_flag_renames_default_outputs(tmp_path):
 
 @pytest.fixture(scope="module")
 def meta():
-    from nanobragg_torch.cli.flags import parse_flags
-    from nanobragg_torch.cli.resolve import build_setup
+    from nanobragg_torch import pipeline
     from nanobragg_torch.io.formats import frame_metadata
-    from nanobragg_torch.simulator import prepare
-    st = build_setup(parse_flags(ARGS + ["-mosflm"]))
-    return frame_metadata(st, prepare(st.crystal, st.detector, st.beam))
+    st = pipeline.setup_from_args(ARGS + ["-mosflm"])
+    return frame_metadata(st, pipeline.prepare_setup(st))
 
 
 def test_frame_metadata_keys(meta):

@@ -22,9 +22,8 @@ import torch
 from conftest import golden_cases, golden_dir, run_cli
 
 from nanobragg_torch import engine as E
-from nanobragg_torch.cli.flags import parse_flags
-from nanobragg_torch.cli.resolve import SetupError, build_setup
-from nanobragg_torch.simulator import build_problem, prepare
+from nanobragg_torch import pipeline
+from nanobragg_torch.cli.resolve import SetupError
 from nanobragg_torch.tools import compare_traces
 from nanobragg_torch.tools.trace import TraceError, compute_trace, format_lines
 
@@ -45,9 +44,9 @@ def _case_args(case, extra=()):
 
 
 def _problem(case, extra, workdir):
-    st = build_setup(parse_flags(_case_args(case, extra)), cwd=str(workdir))
-    prep = prepare(st.crystal, st.detector, st.beam, device="cpu", dtype=torch.float64)
-    pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
+    st = pipeline.setup_from_args(_case_args(case, extra), cwd=str(workdir))
+    prep = pipeline.prepare_setup(st)
+    pb = pipeline.make_problem(st, prep)
     return st, prep, pb
 
 

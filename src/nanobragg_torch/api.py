@@ -16,7 +16,6 @@ those flags.  Their fields can then be replaced by tensors that require grad::
 """
 from __future__ import annotations
 
-import shlex
 from typing import NamedTuple, Optional, Sequence, Union
 
 from .config import SimulationOptions
@@ -45,10 +44,8 @@ def from_args(args: Union[str, Sequence[str]], cwd: str = ".", dtype: Optional[s
         :class:`Setup` (crystal, detector, beam, structure_factors, options).
         Without ``-seed``/``-misset_seed`` the C program's clock-based seeds are used.
     """
-    from .cli.flags import parse_flags
-    from .cli.resolve import build_setup
-    argv = shlex.split(args) if isinstance(args, str) else list(args)
-    st = build_setup(parse_flags(argv), cwd=cwd)
+    from .pipeline import setup_from_args
+    st = setup_from_args(args, cwd=cwd)
     if dtype is not None:
         st.options.dtype = dtype
     return Setup(crystal=Crystal(st.crystal), detector=Detector(st.detector), beam=Beam(st.beam),

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
-import torch
 
-from ..config import R_E_SQR
-from ..io.formats import FormatError, check_available, format_from_extension, frame_metadata, write_image
+from .. import pipeline
+from ..io.formats import FormatError, check_available, format_from_extension
 from ..io.hkl import InputFileError, write_fdump
 from .flags import RTD, FlagError, parse_flags
 from .resolve import SetupError, build_setup
 from .usage import usage_text
+
+# torch is imported where it is used, so that ``-h`` and the flag errors need no PyTorch
 
 EXIT_USAGE = 2
 EXIT_IO = 1
@@ -39,37 +40,14 @@ def _g(x) -> str:
 
 
 def image_statistics(img: np.ndarray, rendered: np.ndarray, roi):
-    """The C program's statistics: (max_I, max index, mean, rms, rmsd).
-
-    ``img`` is the float32 image; mean and rms are over the rendered pixels
-    (inside the ROI and unmasked), the rmsd over the ROI ignoring the mask.
-    """
-    flat = img.reshape(-1).astype(np.float64)
-    vals = flat[rendered]
-    n = len(vals)
-    if n:
-        imax = int(rendered[int(np.argmax(vals))])
-        max_I = float(vals.max())
-        if max_I <= 0.0:
-            imax, max_I = None, 0.0
-    else:
-        imax, max_I = None, 0.0
-    sumn = n if n > 0 else 1
-    avg = float(vals.sum()) / sumn
-    if sumn <= 1:
-        sumn = 2
-    rms = math.sqrt(float((vals * vals).sum()) / (sumn - 1))
-    S, F = img.shape
-    x0, x1, y0, y1 = roi
-    roi_vals = img[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1].astype(np.float64).reshape(-1)
-    m = len(roi_vals)
-    if m <= 1:
-        m = 2
-    rmsd = math.sqrt(float(((roi_vals - avg) ** 2).sum()) / (m - 1))
-    return max_I, imax, avg, rms, rmsd
+    """The C program's statistics as a tuple (max_I, max index, mean, rms, rmsd); see
+    :func:`nanobragg_torch.pipeline.image_statistics`."""
+    st = pipeline.image_statistics(img, rendered, roi)
+    return st.max_I, st.imax, st.mean, st.rms, st.rmsd
 
 
 def _print_setup(out, st, prep, res=None):
+    import torch
     f = st.flags
     det, xt, bm = st.detector, st.crystal, st.beam
     geo = prep.geometry
@@ -273,36 +251,9 @@ def check_outputs(plan: List[Output], st, path) -> None:
                                   f"({probed[parent]})")
 
 
-#: one pixel's evaluations beyond which the engine cannot hold a chunk in memory
-MAX_WORK_PER_PIXEL = 1 << 25
-#: farther than this (m) the geometry overflows 4-byte floats on the way to the image (NaN)
-MAX_DETECTOR_DISTANCE = 1e15
-
-
-def check_work(st, prep) -> None:
-    """Refuse a set-up whose single pixel would not fit in memory (e.g. absurd auto-oversampling)."""
-    det, xt = st.detector, st.crystal
-    geo = prep.geometry
-    parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]
-    if not all(bool(torch.isfinite(p).all()) for p in parts):
-        raise SetupError("the detector geometry is not finite (degenerate detector vectors or rotations)")
-    far = max(abs(float(geo.distance)), float(torch.linalg.vector_norm(geo.pix0)))
-    if far > MAX_DETECTOR_DISTANCE:
-        raise SetupError("the direct beam meets the detector plane %g m from the sample: the beam runs "
-                         "(nearly) parallel to the detector; tilt it less, or pivot about the sample "
-                         "(-pivot sample, -close_distance)" % far)
-    O = prep.oversample
-    T = det.thicksteps
-    S = int(prep.sources.incident.shape[0])
-    M = xt.phisteps * (1 if xt.mosaic_umats is None else len(xt.mosaic_umats))
-    work = T * O * O * S * M
-    if work <= MAX_WORK_PER_PIXEL:
-        return
-    how = "auto-selected" if det.oversample <= 0 else "-oversample"
-    hint = ("give a smaller -oversample N" if O * O >= max(T, S, M)
-            else "reduce -phisteps, -mosaic_dom, the sources or -thicksteps")
-    raise SetupError(f"{how} {O}x{O} sub-pixels x {T} layers x {S} sources x {M} orientations = {work:.3g} "
-                     f"evaluations per pixel, more than fits in memory; {hint}")
+MAX_WORK_PER_PIXEL = pipeline.MAX_WORK_PER_PIXEL
+MAX_DETECTOR_DISTANCE = pipeline.MAX_DETECTOR_DISTANCE
+check_work = pipeline.check_work
 
 
 class _Writer:
@@ -372,8 +323,7 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
     flags = parse_flags(argv)
     st = build_setup(flags, cwd=cwd)
     f = st.flags
-    if f.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SetupError(f"-device {f.device}: CUDA is not available on this machine")
+    pipeline.check_device(st)
     plan = plan_outputs(st)
     check_outputs(plan, st, path)
     writer = _Writer(plan, path)
@@ -381,111 +331,85 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
         # numba's import and kernel load (seconds) overlap the render on a background thread
         threading.Thread(target=_preload_noise_kernel, name="nb-noise-jit", daemon=True).start()
 
-    from ..simulator import build_problem, prepare
-    from ..engine import render
     print("nanoBragg nanocrystal diffraction simulator (nanobragg-torch)", file=out)
-    prep = prepare(st.crystal, st.detector, st.beam, device=f.device, dtype=torch.float64)
-    check_work(st, prep)
-    _print_setup(out, st, prep)
-    out.flush()
 
-    if st.write_dump:
-        writer.write("dump", write_fdump, st.hkl)
+    hooks = pipeline.Hooks()
 
-    progress = None
-    if f.progress_meter and hasattr(err, "isatty") and err.isatty():
-        from ..tools.progress import ProgressBar
-        progress = ProgressBar(err)
-    pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
-    if f.trace_pixel is not None:
-        from ..tools.trace import trace_pixel
-        trace_pixel(st, prep, pb, out, json_path=(path(f.trace_json) if f.trace_json else None))
+    def prepared(st, prep):
+        _print_setup(out, st, prep)
+        out.flush()
+        if st.write_dump:
+            writer.write("dump", write_fdump, st.hkl)
+        if f.progress_meter and hasattr(err, "isatty") and err.isatty():
+            from ..tools.progress import ProgressBar
+            hooks.progress = ProgressBar(err)
+
+    def problem(st, prep, pb):
+        if f.trace_pixel is not None:
+            from ..tools.trace import trace_pixel
+            trace_pixel(st, prep, pb, out, json_path=(path(f.trace_json) if f.trace_json else None))
+
+    hooks.prepared, hooks.problem = prepared, problem
     try:
-        with torch.no_grad():
-            res = render(pb, st.options.max_chunk_elements, progress=progress,
-                         compiled=st.options.compile)
+        done = pipeline.run_setup(st, hooks)
     finally:
-        if progress is not None:
-            progress.close()
+        if hooks.progress is not None:
+            hooks.progress.close()
+    res, prep = done.result, done.prepared
     if res.state.oob_warning is not None:
         h, k, l = res.state.oob_warning
         print("WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: %g,%g,%g,%d,%d,%d "
               % (h, k, l, math.ceil(h - 0.5), math.ceil(k - 0.5), math.ceil(l - 0.5)), file=out)
         print("WARNING: further warnings will not be printed! ", file=out)
-    img32 = res.image.detach().to("cpu", torch.float64).numpy().astype(np.float32)
-    bad = int(np.count_nonzero(~np.isfinite(img32)))
-    if bad:
-        print("WARNING: %d pixels are not finite (NaN or overflow of 4-byte floats)" % bad, file=out)
+    if done.nonfinite:
+        print("WARNING: %d pixels are not finite (NaN or overflow of 4-byte floats)" % done.nonfinite, file=out)
     print("", file=out)
     omega_sum = float(res.omega_sum)
     print("solid angle subtended by detector = %g steradian ( %g%% sphere)"
           % (omega_sum / prep.steps, 100 * omega_sum / prep.steps / 4 / math.pi), file=out)
-    det = st.detector
-    rendered = prep.pixels.cpu().numpy()
-    max_I, imax, avg, rms, rmsd = image_statistics(img32, rendered, det.roi)
-    write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path, writer)
+    write_outputs(done, out, writer)
     return 0
 
 
 _FMT_WORDS = {"cbf": "CBF (32-bit integers)", "h5": "NeXus/HDF5 (NXmx)", "nxs": "NeXus/HDF5 (NXmx)"}
 
 
-def write_outputs(st, prep, img32, max_I, imax, avg, rms, rmsd, out, path, writer=None):
-    from ..io.pgm import pgm_image, write_pgm
-    from ..io.smv import int_image
-    if writer is None:
-        plan = plan_outputs(st)
-        check_outputs(plan, st, path)
-        writer = _Writer(plan, path)
-    f = st.flags
-    det = st.detector
-    S, F = img32.shape
-    meta = frame_metadata(st, prep)
-    meta["png_scale"] = f.png_scale
+def _writing(o, words_smv: str) -> str:
+    if o.fmt in ("smv", "float"):
+        return "writing %s as %s" % (o.name, words_smv)
+    return "writing %s as %s" % (o.name, _FMT_WORDS[o.fmt])
+
+
+def write_outputs(done: "pipeline.Rendered", out, writer: "_Writer") -> None:
+    """Write every planned image of ``done`` (the C program's order and messages)."""
+    f = done.setup.flags
+    images = pipeline.OutputImages(done)
+    S, F = done.image.shape
+    stats = done.stats
 
     fo = writer["float"]
     if fo.fmt == "float":
         print("writing %s as %d 4-byte floats" % (fo.name, S * F), file=out)
     else:
         print("writing %s as %s, %d 4-byte floats" % (fo.name, _FMT_WORDS[fo.fmt], S * F), file=out)
-    writer.write("float", write_image, img32, meta, fo.fmt)
-    if imax is not None:
-        O = prep.oversample
-        sub = det.pixel_size / O
-        fp, sp = imax % F, imax // F
-        mx = sub * (fp * O + O - 1) + sub / 2.0
-        my = sub * (sp * O + O - 1) + sub / 2.0
-    else:
-        mx = my = 0.0
-    print("max_I = %g  at %g %g" % (max_I, mx, my), file=out)
-    print("mean= %g rms= %g rmsd= %g" % (avg, rms, rmsd), file=out)
-    intimg, scale = int_image(img32, f.intfile_scale, f.adc_offset, det.roi, max_I=max_I)
-    print("intfile_scale = %g" % scale, file=out)
-    io_ = writer["int"]
-    if io_.fmt == "smv":
-        print("writing %s as 2-byte integers" % io_.name, file=out)
-    else:
-        print("writing %s as %s" % (io_.name, _FMT_WORDS[io_.fmt]), file=out)
-    writer.write("int", write_image, intimg, meta, io_.fmt)
+    writer.write("float", images.write, "float", fo.fmt)
+    mx, my = done.max_position()
+    print("max_I = %g  at %g %g" % (stats.max_I, mx, my), file=out)
+    print("mean= %g rms= %g rmsd= %g" % (stats.mean, stats.rms, stats.rmsd), file=out)
+    print("intfile_scale = %g" % images.int_scale, file=out)
+    print(_writing(writer["int"], "2-byte integers"), file=out)
+    writer.write("int", images.write, "int", writer["int"].fmt)
     if "pgm" in writer:
-        pgm, pscale = pgm_image(img32, f.pgm_scale, scale, rmsd, det.roi)
-        print("pgm_scale = %g" % pscale, file=out)
+        print("pgm_scale = %g" % images.pgm_scale, file=out)
         print("writing %s as 1-byte integers" % writer["pgm"].name, file=out)
-        writer.write("pgm", write_pgm, pgm, pscale)
+        writer.write("pgm", images.write, "pgm", "pgm")
     if "png" in writer:
         print("writing %s as 8-bit PNG preview (%s scale)" % (writer["png"].name, f.png_scale), file=out)
-        writer.write("png", write_image, img32, meta, "png")
+        writer.write("png", images.write, "png", "png")
     if "noise" in writer:
-        from ..rng import SeedStream
-        noise, photons, overloads = st.rng.noise_image(img32, SeedStream(st.noise_seed), det.roi, f.adc_offset)
-        print("%.0f photons on noise image (%d overloads)" % (photons, overloads), file=out)
-        no = writer["noise"]
-        if no.fmt == "smv":
-            print("writing %s as 2-byte integers" % no.name, file=out)
-        else:
-            print("writing %s as %s" % (no.name, _FMT_WORDS[no.fmt]), file=out)
-        nmeta = dict(meta, smv_header=meta["smv_header_noise"])
-        writer.write("noise", write_image, noise, nmeta, no.fmt)
+        print("%.0f photons on noise image (%d overloads)" % (images.photons, images.overloads), file=out)
+        print(_writing(writer["noise"], "2-byte integers"), file=out)
+        writer.write("noise", images.write, "noise", writer["noise"].fmt)
 
 
 # ---------------------------------------------------------------------------

@@ -64,30 +64,6 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _smv_header_args(st, prep) -> Dict[str, Any]:
-    """The SMV header values the CLI writes (used only without io.formats)."""
-    det = st.detector
-    geo = prep.geometry
-    S, F = det.spixels, det.fpixels
-    orgx, orgy = geo.orgx_orgy(det.pixel_size)
-    return dict(
-        fpixels=F, spixels=S, pixel_size_m=det.pixel_size, distance_m=float(geo.distance),
-        wavelength_m=st.beam.wavelength, Xbeam_m=det.Xbeam, Ybeam_m=det.Ybeam,
-        Fbeam_m=float(geo.Fbeam), Sbeam_m=float(geo.Sbeam), detsize_s_m=det.size_s(),
-        dials_origin_mm=[float(v) for v in geo.dials_origin_mm()], orgx=float(orgx), orgy=float(orgy),
-        close_distance_m=float(geo.close_distance), phi0_rad=st.crystal.phi0, osc_rad=st.crystal.osc,
-        twotheta_rad=det.twotheta)
-
-
-def _formats():
-    """io.formats (the CLI's writers); None in an installation without it."""
-    try:
-        from ..io import formats
-    except ImportError:
-        return None
-    return formats if hasattr(formats, "write_image") else None
-
-
 def output_kind(fmt: str, noise: bool) -> str:
     """Which of the CLI's images a frame file holds: noise | int | float | pgm | png.
 
@@ -108,83 +84,30 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
 
     The bytes are what ``nanoBragg ARGS`` writes for the image
     :func:`output_kind` names, in ``fmt`` (the CLI picks the format from the
-    file's extension): the same set-up, engine, statistics, integer scaling,
-    noise generator, metadata and writers.  ``file_name`` is the file's base
-    name (CBF files carry it).
+    file's extension): the same pipeline (:mod:`nanobragg_torch.pipeline`: set-up,
+    engine, statistics, output images, metadata) and the same writers.
+    ``file_name`` is the file's base name (CBF files carry it).
     """
-    import torch
-    from ..cli import main as cli
-    from ..cli.flags import parse_flags
-    from ..cli.resolve import SetupError, build_setup
-    from ..engine import render
-    from ..simulator import build_problem, prepare
+    from .. import pipeline
 
     kind = output_kind(fmt, noise)
     device = resolve_device(device)
     argv = list(args) + (["-device", device] if device != "cpu" else [])
-    flags = parse_flags(argv)
-    st = build_setup(flags, cwd=cwd)
-    f = st.flags
-    if f.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SetupError(f"-device {f.device}: CUDA is not available on this machine")
-    prep = prepare(st.crystal, st.detector, st.beam, device=f.device, dtype=torch.float64)
-    if hasattr(cli, "check_work"):
-        cli.check_work(st, prep)
-    pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
-    with torch.no_grad():
-        res = render(pb, st.options.max_chunk_elements, compiled=st.options.compile)
-    img32 = res.image.detach().to("cpu", torch.float64).numpy().astype(np.float32)
-    det = st.detector
-    rendered = prep.pixels.cpu().numpy()
-    max_I, imax, avg, rms, rmsd = cli.image_statistics(img32, rendered, det.roi)
-    stats: Dict[str, Any] = {"max_I": max_I, "mean": avg, "rms": rms}
-
-    formats = _formats()
-    if formats is not None:
-        meta = formats.frame_metadata(st, prep)
-        meta["png_scale"] = getattr(f, "png_scale", "log")
-        header, noise_header = meta["smv_header"], meta["smv_header_noise"]
-    else:
-        from ..io.smv import smv_header_values
-        meta = {}
-        header_args = _smv_header_args(st, prep)
-        header = smv_header_values(**header_args)
-        noise_header = smv_header_values(**header_args, noise_file=True)
-
-    from ..io.smv import build_smv_header, int_image
-    intimg, scale = int_image(img32, f.intfile_scale, f.adc_offset, det.roi, max_I=max_I)
+    done = pipeline.run_setup(pipeline.setup_from_args(argv, cwd=cwd))
+    images = pipeline.OutputImages(done)
+    stats: Dict[str, Any] = {"max_I": done.stats.max_I, "mean": done.stats.mean, "rms": done.stats.rms}
     if kind == "int":
-        stats["intfile_scale"] = scale
-    if kind == "noise":
-        from ..rng import SeedStream
-        image, photons, overloads = st.rng.noise_image(img32, SeedStream(st.noise_seed), det.roi, f.adc_offset)
-        stats.update(photons=float(photons), overloads=int(overloads))
-        meta = dict(meta, smv_header=noise_header)
-        header = noise_header
-    elif kind == "int":
-        image = intimg
-    elif kind == "pgm":
-        from ..io.pgm import pgm_image
-        image, pscale = pgm_image(img32, f.pgm_scale, scale, rmsd, det.roi)
-    else:
-        image = img32
+        stats["intfile_scale"] = images.int_scale
+    elif kind == "noise":
+        stats.update(photons=images.photons, overloads=images.overloads)
 
     if fmt == "float":
-        data = np.ascontiguousarray(image, dtype="<f4").tobytes()
-    elif fmt == "smv":
-        body = np.ascontiguousarray(image, dtype=np.dtype(np.uint16).newbyteorder("="))
-        data = build_smv_header(header) + body.tobytes()
+        data = np.ascontiguousarray(images.image(kind), dtype="<f4").tobytes()
     else:
+        # through the CLI's writer, in a private folder (the file's base name: CBF records it)
         with tempfile.TemporaryDirectory(prefix="nbds-") as tmp:
             path = os.path.join(tmp, os.path.basename(file_name))
-            if fmt == "pgm":
-                from ..io.pgm import write_pgm
-                write_pgm(path, image, pscale)
-            elif formats is None:
-                raise RuntimeError(f"format {fmt!r} needs nanobragg_torch.io.formats, which this "
-                                   "installation lacks")
-            else:
-                formats.write_image(path, image, meta, fmt)
+            images.write(path, kind, fmt)
             with open(path, "rb") as fh:
                 data = fh.read()
     RENDER_COUNT["n"] += 1

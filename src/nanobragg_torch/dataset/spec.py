@@ -281,12 +281,12 @@ class DatasetSpec:
 
     def validate_common(self):
         """Parse and set up the common flags exactly as the CLI does (raises on bad input)."""
-        from ..cli.flags import FlagError, parse_flags
-        from ..cli.resolve import SetupError, build_setup
+        from ..cli.flags import FlagError
+        from ..cli.resolve import SetupError
         from ..io.hkl import InputFileError
+        from ..pipeline import setup_from_args
         try:
-            flags = parse_flags(list(self.common) + ["-seed", "1"])
-            return build_setup(flags, cwd=self.input_dir, now=0)
+            return setup_from_args(list(self.common) + ["-seed", "1"], cwd=self.input_dir, now=0)
         except (FlagError, SetupError, InputFileError) as e:
             raise SpecError(f"[setup]: {e}") from None
 

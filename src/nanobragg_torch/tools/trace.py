@@ -567,10 +567,8 @@ def trace_pixel(st, prep, pb, out, json_path: Optional[str] = None):
     engine_dtype = pb.fdet.dtype
     if engine_dtype != torch.float64:
         # the trace is a parity tool: it always evaluates in double precision, like the C
-        from dataclasses import replace
-        from ..simulator import build_problem
-        pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors,
-                           replace(st.options, dtype="float64"))
+        from ..pipeline import make_problem
+        pb = make_problem(st, prep, dtype="float64")
         print("TRACE_PY_NOTE: the trace is evaluated in float64; the image is rendered in %s"
               % str(engine_dtype).replace("torch.", ""), file=out)
     try:
