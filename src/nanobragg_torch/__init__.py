@@ -5,14 +5,39 @@ Python API (see docs/api.md): models :class:`Beam`, :class:`Detector`,
 continuous fields may require grad), the function :func:`simulate` and its
 module wrapper :class:`Simulator`, and :func:`from_args` to build the models
 from nanoBragg command-line flags.
-"""
-from .config import (BeamConfig, CrystalConfig, DetectorConfig, SimulationOptions,
-                     StructureFactorConfig)
-from .models import Beam, Crystal, Detector, StructureFactors
-from .simulator import SimulationResult, Simulator, simulate
-from .api import Setup, from_args
 
-__all__ = ["BeamConfig", "CrystalConfig", "DetectorConfig", "SimulationOptions",
-           "StructureFactorConfig", "Beam", "Crystal", "Detector", "StructureFactors",
-           "SimulationResult", "Simulator", "simulate", "Setup", "from_args"]
+The names are imported on first use (PEP 562), so that ``import nanobragg_torch``
+-- and the ``nanoBragg -h`` that goes through it -- does not load PyTorch until a
+name that needs it is asked for.
+"""
+from importlib import import_module as _import_module
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "BeamConfig": ".config", "CrystalConfig": ".config", "DetectorConfig": ".config",
+    "SimulationOptions": ".config", "StructureFactorConfig": ".config",
+    "Beam": ".models", "Crystal": ".models", "Detector": ".models", "StructureFactors": ".models",
+    "SimulationResult": ".simulator", "Simulator": ".simulator", "simulate": ".simulator",
+    "Setup": ".api", "from_args": ".api",
+}
+
+#: submodules reachable as attributes (``nanobragg_torch.engine``) without importing them first
+_SUBMODULES = {"api", "cli", "config", "cutil", "dataset", "engine", "io", "models", "physics", "pipeline",
+               "rng", "simulator", "tools"}
+
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(_import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return _import_module("." + name, __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
