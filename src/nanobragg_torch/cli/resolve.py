@@ -15,7 +15,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -139,33 +139,28 @@ def _check_sources(name: str, cols: np.ndarray) -> None:
             raise SetupError(f"-sourcefile {name}: source {i}: wavelength {lam:g} m must be positive")
 
 
-def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup:
-    report: List[str] = []
-    say = report.append
-    if now is None:
-        now = int(time.time())
-    seed = f.seed if f.seed is not None else -now
-    misset_seed = f.misset_seed if f.misset_seed is not None else -now
+# ---------------------------------------------------------------------------
+# the post-parse rules, one function for each thing decided (in the C's order)
+# ---------------------------------------------------------------------------
 
-    def path(p):
-        # names stay as the user typed them when running in the current folder (error messages)
-        return p if (os.path.isabs(p) or cwd in ("", ".")) else os.path.join(cwd, p)
-
+def _ingest_headers(f: RawFlags, path) -> Tuple[RawFlags, Optional[np.ndarray]]:
+    """-mask / -img: their SMV headers set the detector first, then the flags are applied again."""
+    if not (f.maskfilename or f.imginfilename):
+        return f, None
+    from .flags import parse_flags
+    g = RawFlags()
     mask = None
-    # header ingestion happens before the flags in the C; re-apply the flags afterwards
-    if f.maskfilename or f.imginfilename:
-        from .flags import parse_flags
-        g = RawFlags()
-        if f.maskfilename:
-            m = _header_ingest(g, path(f.maskfilename), "mask")
-            mask = m
-        if f.imginfilename:
-            _header_ingest(g, path(f.imginfilename), "img")
-        f2 = parse_flags(f.given, strict=False, base=g)
-        f2.given = f.given
-        f = f2
+    if f.maskfilename:
+        mask = _header_ingest(g, path(f.maskfilename), "mask")
+    if f.imginfilename:
+        _header_ingest(g, path(f.imginfilename), "img")
+    f2 = parse_flags(f.given, strict=False, base=g)
+    f2.given = f.given
+    return f2, mask
 
-    # ---- detector size -------------------------------------------------------
+
+def _detector_pixels(f: RawFlags, mask) -> Tuple[int, int]:
+    """(fpixels, spixels) from -detpixels or -detsize and -pixel (sets f.detsize_f/_s)."""
     if f.pixel_size <= 0:
         raise SetupError("-pixel: pixel size must be positive")
     if f.fpixels:
@@ -179,8 +174,11 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     if mask is not None and mask.shape != (spixels, fpixels):
         raise SetupError(f"-mask {f.maskfilename}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, "
                          f"detector is {fpixels}x{spixels}")
+    return fpixels, spixels
 
-    # ---- fluence -------------------------------------------------------------
+
+def _fluence(f: RawFlags, say) -> Tuple[float, float, float]:
+    """(fluence, sample_y, sample_z): -flux/-exposure/-beamsize, and the beam clipping the sample."""
     fluence, flux = f.fluence, f.flux
     sample_y, sample_z = f.sample_y, f.sample_z
     if flux != 0.0 and f.exposure > 0.0 and f.beamsize >= 0:
@@ -192,8 +190,32 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
         if f.beamsize < sample_z:
             say("WARNING: clipping sample (%g m wide) with beam (%g m)" % (sample_z, f.beamsize))
             sample_z = f.beamsize
+    return fluence, sample_y, sample_z
 
-    # ---- beam centre defaults and conventions ---------------------------------
+
+@dataclass
+class _Frame:
+    """What the convention decides: beam centres (m), pivot and the lab-frame vectors."""
+    Xbeam: float
+    Ybeam: float
+    Fbeam: float
+    Sbeam: float
+    Xclose: float
+    Yclose: float
+    Fclose: float
+    Sclose: float
+    pivot: str
+    beam: list
+    fdet: list
+    sdet: list
+    odet: list
+    twotheta_axis: list
+    polar: list
+    spindle: list
+
+
+def _convention(f: RawFlags) -> _Frame:
+    """Beam-centre defaults and axes of the convention (adxv, mosflm, denzo, xds, dials, custom)."""
     px = f.pixel_size
     detsize_f, detsize_s = f.detsize_f, f.detsize_s
     Fclose = (f.ORGX - 0.5) * px if not math.isnan(f.ORGX) else math.nan
@@ -236,29 +258,35 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
         if math.isnan(Ybeam): Ybeam = Yclose
         Fbeam, Sbeam = Xbeam, Ybeam
         Fclose, Sclose = Xbeam, Ybeam
+    return _Frame(Xbeam=Xbeam, Ybeam=Ybeam, Fbeam=Fbeam, Sbeam=Sbeam, Xclose=Xclose, Yclose=Yclose,
+                  Fclose=Fclose, Sclose=Sclose, pivot=pivot, beam=beam_v, fdet=fdet, sdet=sdet, odet=odet,
+                  twotheta_axis=tt_axis, polar=polar_v, spindle=spindle)
 
-    def unit(v):
-        v = np.array(v, dtype=np.float64)
-        n = np.sqrt((v * v).sum())
-        return v / n if n != 0 else np.zeros(3)
-    beam_u = unit(beam_v)
-    polar_u = unit(polar_v)
-    spindle_u = unit(spindle)
-    if not np.any(beam_u):
+
+def _unit(v) -> np.ndarray:
+    v = np.array(v, dtype=np.float64)
+    n = np.sqrt((v * v).sum())
+    return v / n if n != 0 else np.zeros(3)
+
+
+def _check_directions(fr: _Frame) -> None:
+    """Refuse zero or degenerate directions (they give NaN geometry or a silently wrong image, issue 6)."""
+    if not np.any(_unit(fr.beam)):
         raise SetupError("-beam_vector: the beam direction must not be zero")
-    if not np.any(unit(fdet)) or not np.any(unit(sdet)):
+    if not np.any(_unit(fr.fdet)) or not np.any(_unit(fr.sdet)):
         raise SetupError("-fdet_vector/-sdet_vector: detector axes must not be zero")
-    # issue 6: degenerate directions give NaN geometry or a silently wrong image
-    if np.linalg.norm(np.cross(unit(fdet), unit(sdet))) < 1e-6:
+    if np.linalg.norm(np.cross(_unit(fr.fdet), _unit(fr.sdet))) < 1e-6:
         raise SetupError("-fdet_vector/-sdet_vector: the fast and slow detector axes must not be parallel")
-    if not np.any(spindle_u):
+    if not np.any(_unit(fr.spindle)):
         raise SetupError("-spindle_axis: the rotation axis must not be zero")
-    if not np.any(unit(tt_axis)):
+    if not np.any(_unit(fr.twotheta_axis)):
         raise SetupError("-twotheta_axis: the two-theta axis must not be zero")
-    if not np.any(polar_u):
+    if not np.any(_unit(fr.polar)):
         raise SetupError("-polar_vector: the polarization vector must not be zero")
 
-    # ---- roi -------------------------------------------------------------------
+
+def _roi(f: RawFlags, fpixels: int, spixels: int) -> List[int]:
+    """-roi with the C's defaults (the whole detector), checked against the detector."""
     roi = list(f.roi)
     if roi[0] < 0: roi[0] = 0
     if roi[1] < 0: roi[1] = fpixels
@@ -271,10 +299,11 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     if roi[1] > fpixels or roi[3] > spixels:
         raise SetupError(f"-roi {roi[0]} {roi[1]} {roi[2]} {roi[3]}: region extends beyond the "
                          f"{fpixels}x{spixels} detector (pixels 0..{fpixels - 1} x 0..{spixels - 1})")
+    return roi
 
-    # ---- structure factor source check (the C prints usage and exits) --------
-    dump_path = path(f.dumpfilename)
-    dump_exists = f.hklfilename is None and os.path.isfile(dump_path)
+
+def _check_crystal_inputs(f: RawFlags, dump_exists: bool) -> None:
+    """Structure factors and a cell must come from somewhere (the C prints its usage and exits)."""
     if f.hklfilename is None and not dump_exists and f.default_F == 0.0:
         raise SetupError("no structure factors: give -hkl FILE or -default_F VALUE (no Fdump.bin to read)")
     if f.user_cell and f.matfilename is None:
@@ -282,7 +311,9 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     if f.matfilename is None and f.cell[0] == 0.0:
         raise SetupError("no unit cell: give -cell a b c alpha beta gamma or -mat FILE")
 
-    # ---- step-count rules ------------------------------------------------------
+
+def _phi_steps(f: RawFlags) -> Tuple[int, float, float]:
+    """(phisteps, osc, phistep) from -phisteps, -osc and -phistep, as the C completes them."""
     phisteps, osc, phistep = f.phisteps, f.osc, f.phistep
     if phisteps < 0:
         if osc < 0.0:
@@ -307,10 +338,11 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
         else:
             if phistep < 0.0:
                 phistep = osc / phisteps
-    hdivsteps, hdivrange, hdivstep = _steps_rule(f.hdivsteps, f.hdivrange, f.hdivstep, 1.0)
-    vdivsteps, vdivrange, vdivstep = _steps_rule(f.vdivsteps, f.vdivrange, f.vdivstep, 1.0)
-    dispsteps, dispersion, dispstep = _steps_rule(f.dispsteps, f.dispersion, -1.0, 1.0)  # no flag sets the step
-    # detector layers
+    return phisteps, osc, phistep
+
+
+def _sensor_layers(f: RawFlags, say) -> Tuple[int, float, float, float]:
+    """(thicksteps, thickness, thickstep, mu) of the sensor (before the sanity rule)."""
     tsteps, thick, tstep = f.detector_thicksteps, f.detector_thick, -1.0
     if tsteps <= 0:
         if thick < 0.0:
@@ -330,7 +362,11 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     if thick > 0.0 and mu < 0.0:
         mu = 1.0 / thick
         say("WARNING: setting detector attenuation depth to %g m" % mu)
-    # mosaic domains
+    return tsteps, thick, tstep, mu
+
+
+def _mosaic_domains(f: RawFlags, say) -> Tuple[float, int]:
+    """(mosaic spread rad, domain count) with the C's warnings."""
     spread, domains = f.mosaic_spread, f.mosaic_domains
     if domains <= 0:
         if spread < 0.0:
@@ -347,34 +383,35 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
         elif spread == 0.0:
             say("WARNING: zero mosaic spread specified.  setting mosaic_domains = 1")
             domains = 1
-    # sanity checks
-    if hdivrange <= 0.0 or hdivstep <= 0.0 or hdivsteps <= 0:
-        hdivsteps, hdivrange, hdivstep = 1, 0.0, 0.0
-    if vdivrange <= 0.0 or vdivstep <= 0.0 or vdivsteps <= 0:
-        vdivsteps, vdivrange, vdivstep = 1, 0.0, 0.0
-    if dispersion <= 0.0 or dispstep <= 0.0 or dispsteps <= 0:
-        dispsteps, dispersion, dispstep = 1, 0.0, 0.0
-    if thick <= 0.0 or tstep <= 0.0 or tsteps <= 0:
-        tsteps, thick, tstep = 1, 0.0, 0.0
+    return spread, domains
+
+
+def _nonempty(steps, rng, step):
+    """The C's sanity rule: a range, a step or a count that is not positive means one step of nothing."""
+    if rng <= 0.0 or step <= 0.0 or steps <= 0:
+        return 1, 0.0, 0.0
+    return steps, rng, step
+
+
+def _check_wavelength(f: RawFlags, dispersion: float) -> None:
     if f.lambda0 <= 0 or not math.isfinite(f.lambda0):
         raise SetupError("-lambda/-energy: wavelength must be positive and finite")
     if dispersion >= 2.0:
         raise SetupError("-dispersion %g: must be below 200%% (the shortest wavelength would be zero "
                          "or negative)" % (dispersion * 100))
 
-    interpolate = f.interpolate
-    if interpolate > 1:
-        if f.Na <= 2 or f.Nb <= 2 or f.Nc <= 2:
-            interp_msg = "auto-selected tricubic interpolation of structure factors"
-            interpolate = 1
-        else:
-            interp_msg = "auto-selected no interpolation"
-            interpolate = 0
-    else:
-        interp_msg = None
 
-    rng = CRandom()
-    # ---- crystal orientation --------------------------------------------------
+def _interpolation(f: RawFlags) -> Tuple[int, Optional[str]]:
+    """-interpolate / -nointerpolate, or the C's automatic choice (tricubic for tiny crystals)."""
+    if f.interpolate > 1:
+        if f.Na <= 2 or f.Nb <= 2 or f.Nc <= 2:
+            return 1, "auto-selected tricubic interpolation of structure factors"
+        return 0, "auto-selected no interpolation"
+    return f.interpolate, None
+
+
+def _orientation(f: RawFlags, path, rng: CRandom, misset_seed: int):
+    """(a_star from -mat, misset angles, misset report, -cell): the random misset draws from ``rng``."""
     a_star = None
     if f.matfilename is not None:
         a_star = read_mosflm_matrix(path(f.matfilename), f.lambda0)
@@ -387,78 +424,134 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
         misset_report = "random orientation misset angles: %f %f %f deg" % tuple(x * RTD for x in misset)
     elif f.misset[0] > 0.0:
         misset = list(f.misset[1:])
-    cell = None
-    if f.user_cell:
-        cell = list(f.cell) + list(f.cell_angles)
+    cell = list(f.cell) + list(f.cell_angles) if f.user_cell else None
+    return a_star, misset, misset_report, cell
 
-    # ---- mosaic domains (after the misset draw, sharing the generator) ---------
+
+def _mosaic_umats(f: RawFlags, rng: CRandom, spread: float, domains: int) -> np.ndarray:
+    """The domains' rotations, drawn after the misset from the same generator (domain 0 is the identity)."""
     mstream = SeedStream(f.mosaic_seed)
     umats = np.zeros((domains, 3, 3))
     for d in range(domains):
         umats[d] = rng.mosaic_rotation_umat(spread, mstream)
         if d == 0:
             umats[0] = np.eye(3)
+    return umats
+
+
+def _structure_factors(f: RawFlags, path, dump_path: str, dump_exists: bool) -> Tuple[Optional[HKLData], bool]:
+    """(the structure-factor grid, whether to write Fdump.bin): -hkl, else an existing Fdump.bin."""
+    if f.hklfilename is not None:
+        return read_hkl(path(f.hklfilename), f.default_F), True
+    if dump_exists:
+        return read_fdump(dump_path), False
+    return None, False
+
+
+def _stol_rows(f: RawFlags, path) -> int:
+    """-stol: the file is read and checked (the C reads it; the rows are only reported)."""
+    if f.stolfilename is None:
+        return 0
+    try:
+        stol = read_columns(path(f.stolfilename), 2)
+    except InputFileError as e:
+        raise InputFileError(f"-stol {e}") from None
+    if len(stol) == 0:
+        raise SetupError(f"-stol {f.stolfilename}: no data in input file")
+    return len(stol)
+
+
+def _source_file(f: RawFlags, path, beam: BeamConfig) -> None:
+    """-sourcefile: positions, weights and wavelengths of the sources, into ``beam``."""
+    if f.sourcefilename is None:
+        return
+    try:
+        cols = read_columns(path(f.sourcefilename), 5)
+    except InputFileError as e:
+        raise InputFileError(f"-sourcefile {e}") from None
+    if len(cols) == 0:
+        raise SetupError(f"-sourcefile {f.sourcefilename}: no sources in file")
+    _check_sources(f.sourcefilename, cols)
+    beam.source_xyz = cols[:, :3]
+    beam.source_weight = cols[:, 3]
+    beam.source_lambda = cols[:, 4]
+
+
+def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup:
+    """The :class:`Setup` of parsed flags: every rule the C applies before its pixel loop, in its order.
+
+    ``cwd``: the folder relative input names are read from; ``now``: the clock (s)
+    the default seeds come from (None: the time now).
+    """
+    report: List[str] = []
+    say = report.append
+    if now is None:
+        now = int(time.time())
+    seed = f.seed if f.seed is not None else -now
+    misset_seed = f.misset_seed if f.misset_seed is not None else -now
+
+    def path(p):
+        # names stay as the user typed them when running in the current folder (error messages)
+        return p if (os.path.isabs(p) or cwd in ("", ".")) else os.path.join(cwd, p)
+
+    f, mask = _ingest_headers(f, path)
+    fpixels, spixels = _detector_pixels(f, mask)
+    fluence, sample_y, sample_z = _fluence(f, say)
+    fr = _convention(f)
+    _check_directions(fr)
+    roi = _roi(f, fpixels, spixels)
+    dump_path = path(f.dumpfilename)
+    dump_exists = f.hklfilename is None and os.path.isfile(dump_path)
+    _check_crystal_inputs(f, dump_exists)
+
+    phisteps, osc, phistep = _phi_steps(f)
+    hdivsteps, hdivrange, hdivstep = _nonempty(*_steps_rule(f.hdivsteps, f.hdivrange, f.hdivstep, 1.0))
+    vdivsteps, vdivrange, vdivstep = _nonempty(*_steps_rule(f.vdivsteps, f.vdivrange, f.vdivstep, 1.0))
+    # no flag sets the dispersion step
+    dispsteps, dispersion, dispstep = _nonempty(*_steps_rule(f.dispsteps, f.dispersion, -1.0, 1.0))
+    tsteps, thick, tstep, mu = _sensor_layers(f, say)
+    spread, domains = _mosaic_domains(f, say)
+    tsteps, thick, tstep = _nonempty(tsteps, thick, tstep)
+    _check_wavelength(f, dispersion)
+    interpolate, interp_msg = _interpolation(f)
+
+    rng = CRandom()
+    a_star, misset, misset_report, cell = _orientation(f, path, rng, misset_seed)
+    umats = _mosaic_umats(f, rng, spread, domains)
     # NB: the C draws the misset before reading structure factors and draws the
     # mosaic domains after; both only touch the generator, so the order is kept.
-
-    # ---- structure factors -----------------------------------------------------
-    hkl = None
-    write_dump = False
-    if f.hklfilename is not None:
-        hkl = read_hkl(path(f.hklfilename), f.default_F)
-        write_dump = True
-    elif dump_exists:
-        hkl = read_fdump(dump_path)
+    hkl, write_dump = _structure_factors(f, path, dump_path, dump_exists)
     if hkl is None:
         interpolate = 0
 
-    # ---- sources -----------------------------------------------------------------
-    beam = BeamConfig(wavelength=f.lambda0, beam_vector=tuple(beam_u), polar_vector=tuple(polar_u),
+    beam = BeamConfig(wavelength=f.lambda0, beam_vector=tuple(_unit(fr.beam)), polar_vector=tuple(_unit(fr.polar)),
                       polarization=f.polarization, nopolar=f.nopolar, fluence=fluence,
                       hdivrange=hdivrange, hdivstep=hdivstep, hdivsteps=hdivsteps,
                       vdivrange=vdivrange, vdivstep=vdivstep, vdivsteps=vdivsteps,
                       round_div=f.round_div, dispersion=dispersion, dispstep=dispstep,
                       dispsteps=dispsteps, water_size=f.water_size)
-    stol_rows = 0
-    if f.stolfilename is not None:
-        try:
-            stol = read_columns(path(f.stolfilename), 2)
-        except InputFileError as e:
-            raise InputFileError(f"-stol {e}") from None
-        if len(stol) == 0:
-            raise SetupError(f"-stol {f.stolfilename}: no data in input file")
-        stol_rows = len(stol)
-    if f.sourcefilename is not None:
-        try:
-            cols = read_columns(path(f.sourcefilename), 5)
-        except InputFileError as e:
-            raise InputFileError(f"-sourcefile {e}") from None
-        if len(cols) == 0:
-            raise SetupError(f"-sourcefile {f.sourcefilename}: no sources in file")
-        _check_sources(f.sourcefilename, cols)
-        beam.source_xyz = cols[:, :3]
-        beam.source_weight = cols[:, 3]
-        beam.source_lambda = cols[:, 4]
+    stol_rows = _stol_rows(f, path)
+    _source_file(f, path, beam)
 
-    det = DetectorConfig(fpixels=fpixels, spixels=spixels, pixel_size=px, distance=f.distance,
+    fl = lambda v: tuple(float(x) for x in v)
+    det = DetectorConfig(fpixels=fpixels, spixels=spixels, pixel_size=f.pixel_size, distance=f.distance,
                          close_distance=None if math.isnan(f.close_distance) else f.close_distance,
-                         Fbeam=Fbeam, Sbeam=Sbeam, Fclose=Fclose, Sclose=Sclose,
-                         Xbeam=Xbeam, Ybeam=Ybeam, Xclose=Xclose, Yclose=Yclose,
-                         convention=conv, pivot=pivot,
-                         fdet_vector=tuple(float(x) for x in fdet), sdet_vector=tuple(float(x) for x in sdet),
-                         odet_vector=tuple(float(x) for x in odet),
+                         Fbeam=fr.Fbeam, Sbeam=fr.Sbeam, Fclose=fr.Fclose, Sclose=fr.Sclose,
+                         Xbeam=fr.Xbeam, Ybeam=fr.Ybeam, Xclose=fr.Xclose, Yclose=fr.Yclose,
+                         convention=f.convention, pivot=fr.pivot,
+                         fdet_vector=fl(fr.fdet), sdet_vector=fl(fr.sdet), odet_vector=fl(fr.odet),
                          detector_rotx=f.detector_rotx, detector_roty=f.detector_roty, detector_rotz=f.detector_rotz,
-                         twotheta=f.detector_twotheta, twotheta_axis=tuple(float(x) for x in tt_axis),
+                         twotheta=f.detector_twotheta, twotheta_axis=fl(fr.twotheta_axis),
                          thickness=thick, mu=mu, thicksteps=tsteps, thickstep=tstep,
                          curved=f.curved_detector, point_pixel=f.point_pixel,
                          oversample=f.oversample, oversample_thick=f.oversample_thick,
                          oversample_polar=f.oversample_polar, oversample_omega=f.oversample_omega,
-                         roi=tuple(roi), mask=mask, detsize_f=detsize_f, detsize_s=detsize_s)
+                         roi=tuple(roi), mask=mask, detsize_f=f.detsize_f, detsize_s=f.detsize_s)
     xtal = CrystalConfig(cell=cell, a_star=a_star, user_cell=f.user_cell, misset=misset,
                          Na=float(f.Na), Nb=float(f.Nb), Nc=float(f.Nc),
                          sample_size=(f.sample_x, sample_y, sample_z), shape=f.xtal_shape, fudge=f.fudge,
                          mosaic_spread=spread, mosaic_umats=umats, phi0=f.phi0, phistep=phistep,
-                         phisteps=phisteps, osc=osc, spindle_axis=tuple(spindle_u),
+                         phisteps=phisteps, osc=osc, spindle_axis=tuple(_unit(fr.spindle)),
                          phi_carryover=(f.phi_carryover == "c"))
     sf = StructureFactorConfig(default_F=f.default_F, interpolate=bool(interpolate))
     if hkl is not None:
