@@ -157,7 +157,8 @@ def image_statistics(img: np.ndarray, rendered: np.ndarray, roi) -> ImageStats:
     precision as the C does.
     """
     flat = img.reshape(-1)
-    vals = flat[rendered].astype(np.float64)
+    everything = len(rendered) == flat.size      # rendered holds each index once, ascending
+    vals = flat.astype(np.float64) if everything else flat[rendered].astype(np.float64)
     n = len(vals)
     imax, max_I = None, 0.0
     if n:
@@ -172,11 +173,15 @@ def image_statistics(img: np.ndarray, rendered: np.ndarray, roi) -> ImageStats:
         sumn = 2
     rms = math.sqrt(float((vals * vals).sum()) / (sumn - 1))
     x0, x1, y0, y1 = roi
-    roi_vals = img[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1].astype(np.float64).reshape(-1)
+    window = img[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
+    # the same pixels in the same order when the ROI is the whole image and all were rendered
+    roi_vals = vals if (everything and window.size == flat.size) else window.astype(np.float64).reshape(-1)
     m = len(roi_vals)
     if m <= 1:
         m = 2
-    rmsd = math.sqrt(float(((roi_vals - avg) ** 2).sum()) / (m - 1))
+    dev = roi_vals - avg
+    np.multiply(dev, dev, out=dev)
+    rmsd = math.sqrt(float(dev.sum()) / (m - 1))
     return ImageStats(max_I, imax, avg, rms, rmsd)
 
 

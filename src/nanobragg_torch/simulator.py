@@ -103,6 +103,17 @@ def rendered_pixels(det: Union[DetectorConfig, Detector], device="cpu") -> torch
     if isinstance(det, Detector):
         det = det.settings
     S, F = det.spixels, det.fpixels
+    if det.mask is None:
+        # a rectangle: its raster-order indices directly (a 6M-pixel mask scan costs ~0.1 s)
+        x0, x1, y0, y1 = det.roi if det.roi is not None else (0, F - 1, 0, S - 1)
+        x0, x1, y0, y1 = max(int(x0), 0), min(int(x1), F - 1), max(int(y0), 0), min(int(y1), S - 1)
+        if x1 < x0 or y1 < y0:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        if (x0, x1) == (0, F - 1):
+            return torch.arange(y0 * F, (y1 + 1) * F, dtype=torch.long, device=device)
+        rows = torch.arange(y0, y1 + 1, dtype=torch.long) * F
+        cols = torch.arange(x0, x1 + 1, dtype=torch.long)
+        return (rows[:, None] + cols[None, :]).reshape(-1).to(device)
     keep = np.ones((S, F), dtype=bool)
     if det.roi is not None:
         x0, x1, y0, y1 = det.roi

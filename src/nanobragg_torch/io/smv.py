@@ -72,7 +72,8 @@ def c_cast_unsigned(values, nbits: int) -> np.ndarray:
     """
     v = np.asarray(values, dtype=np.float64)
     ok = (v > -2147483649.0) & (v < 2147483648.0)  # False for NaN
-    ints = np.trunc(np.where(ok, v, 0.0)).astype(np.int64)
+    # astype truncates toward zero, like trunc
+    ints = (v if ok.all() else np.where(ok, v, 0.0)).astype(np.int64)
     mask = (1 << nbits) - 1
     dtype = {8: np.uint8, 16: np.uint16}[nbits]
     return (ints & mask).astype(dtype)
@@ -397,11 +398,16 @@ def int_image(
         if max_I > 0.0:
             scale = 55000.0 / float(max_I)
 
-    value = sub * scale + float(adc)
-    value = np.where(value > 65535.0, 65535.0, value)
-    value = np.where(value < 0.0, 0.0, value)
+    # in place: min/max keep NaN as the C's comparisons do (NaN > 65535 and NaN < 0 are false)
+    value = sub
+    value *= scale
+    value += float(adc)
+    np.minimum(value, 65535.0, out=value)
+    np.maximum(value, 0.0, out=value)
+    value += 0.5
     with np.errstate(invalid="ignore"):
-        rounded = np.floor((value + 0.5).astype(np.float32))
+        rounded = value.astype(np.float32)
+        np.floor(rounded, out=rounded)
     out = np.zeros(img.shape, dtype=np.uint16)
     out[rows, cols] = c_cast_unsigned(rounded, 16)
     return out, scale
