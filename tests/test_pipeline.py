@@ -131,3 +131,14 @@ def test_a_plain_render_imports_no_optional_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
     assert (tmp_path / "floatimage.bin").stat().st_size == 24 * 24 * 4
+
+
+def test_report_counts_hkl_lines_and_dump_cells_as_the_c(tmp_path):
+    """'N initialized hkls': the lines of -hkl (the C counts them), the grid cells of a Fdump.bin read back."""
+    (tmp_path / "two.hkl").write_text("0 0 1 10\n2 3 4 20\n")
+    base = ["-cell", "40", "40", "40", "90", "90", "90", "-N", "3", "-detpixels", "8", "-nonoise", "-noprogress"]
+    rc, text = run_cli(base + ["-hkl", "two.hkl"], tmp_path)
+    assert rc == 0 and "  2 initialized hkls (all others =0)" in text
+    rc, text = run_cli(base, tmp_path)                       # reads the Fdump.bin the first run wrote
+    assert rc == 0 and "reading Fs from Fdump.bin" in text
+    assert "  %d initialized hkls (all others =0)" % (3 * 4 * 4) in text

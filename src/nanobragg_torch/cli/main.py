@@ -98,7 +98,9 @@ def _print_setup(out, st, prep, res=None):
         p("%g %g %g   %g %g" % (x, y, z, float(src.weight[i]), float(src.wavelength[i])))
     domains = 1 if xt.mosaic_umats is None else len(xt.mosaic_umats)
     p("  created a total of %d mosaic domains" % domains)
-    p("  %d initialized hkls (all others =%g)" % (st.structure_factors.hkls, st.structure_factors.default_F))
+    # the C counts the lines of -hkl, or the grid cells of Fdump.bin
+    hkls = st.hkl.count if st.hkl is not None else st.structure_factors.hkls
+    p("  %d initialized hkls (all others =%g)" % (hkls, st.structure_factors.default_F))
     shape_name = {"round": "ellipsoidal", "square": "parallelpiped", "gauss": "gaussian", "tophat": "tophat-spot"}
     p("  %s xtal: %.0fx%.0fx%.0f cells" % (shape_name[xt.shape], *(float(n) for n in prep.N)))
     p("  wave=%g meters +/- %g%% in %d steps" % (bm.wavelength, bm.dispersion * 100, bm.dispsteps))
