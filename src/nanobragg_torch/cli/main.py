@@ -24,8 +24,8 @@ import numpy as np
 from .. import pipeline
 from ..io.formats import FormatError, check_available, format_from_extension
 from ..io.hkl import InputFileError, write_fdump
-from .flags import RTD, FlagError, parse_flags
-from .resolve import SetupError, build_setup
+from .flags import RTD, FlagError
+from .resolve import SetupError
 from .usage import usage_text
 
 # torch is imported where it is used, so that ``-h`` and the flag errors need no PyTorch
@@ -322,8 +322,7 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
     def path(p):
         return p if (os.path.isabs(p) or cwd in ("", ".")) else os.path.join(cwd, p)
 
-    flags = parse_flags(argv)
-    st = build_setup(flags, cwd=cwd)
+    st = pipeline.setup_from_args(argv, cwd=cwd)
     f = st.flags
     pipeline.check_device(st)
     plan = plan_outputs(st)
