@@ -106,6 +106,7 @@ class RenderResult:
     omega_sum: torch.Tensor
     state: RenderState = field(default_factory=RenderState)
     compiled_chunks: int = 0      # chunks rendered through the compiled kernel (render(compiled=True))
+    backend: str = "torch"        # the backend that rendered it (see nanobragg_torch.backends)
 
 
 def _subpixel_positions(pb: RenderProblem, pix: torch.Tensor):
@@ -580,8 +581,24 @@ def _compiled_chunk(pb: RenderProblem, pix: torch.Tensor):
 
 def render(pb: RenderProblem, max_elements: Optional[int] = None,
            progress: Optional[Callable[[int, int], None]] = None,
-           compiled: bool = False) -> RenderResult:
-    """Render the whole image; pixels not in ``pb.pixels`` stay zero.
+           compiled: bool = False, backend: str = "auto") -> RenderResult:
+    """Render the whole image through a backend (:mod:`nanobragg_torch.backends`).
+
+    ``backend``: ``auto`` (the fused CPU kernel where it takes the problem and no gradient
+    is asked for, else the torch reference), or ``torch``, ``fused``, ``compile`` by name
+    (ValueError if that one cannot take the problem).  ``compiled=True`` is ``backend="compile"``
+    (the older spelling).  ``result.backend`` names the backend that rendered.
+    """
+    from .backends import select
+    if compiled and backend in ("auto", "compile"):
+        backend = "compile"
+    return select(pb, backend).render(pb, max_elements, progress=progress)
+
+
+def render_torch(pb: RenderProblem, max_elements: Optional[int] = None,
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 compiled: bool = False) -> RenderResult:
+    """The torch backend: render the whole image; pixels not in ``pb.pixels`` stay zero.
 
     ``max_elements``: evaluations per chunk; None: :func:`default_chunk_elements` of the device.
 
@@ -619,4 +636,4 @@ def render(pb: RenderProblem, max_elements: Optional[int] = None,
     if graph_values:
         flat = flat.index_put((pb.pixels,), torch.cat(graph_values))   # one out-of-place scatter
     return RenderResult(image=flat.reshape(pb.spixels, pb.fpixels), omega_sum=omega_sum, state=state,
-                        compiled_chunks=n_compiled)
+                        compiled_chunks=n_compiled, backend="compile" if compiled else "torch")
