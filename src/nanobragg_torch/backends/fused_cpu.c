@@ -25,7 +25,7 @@ typedef struct {
     const void *lattices;         /* (M,3,3) rows a, b, c, REAL */
     const void *F_grid;           /* flat C-order grid, REAL, or NULL */
     void *image;                  /* (spixels*fpixels,) REAL: written at the pixel indices */
-    void *omega;                  /* (P,) REAL: solid angle summed over the pixel's sub-pixels */
+    void *omega;                  /* (ceil(P / lanes),) REAL: solid angle summed over each block of pixels */
 } nb_params;
 
 #define NB_DOUBLE 1
@@ -54,7 +54,7 @@ typedef struct {
 #include "fused_kernel.h"
 
 /* ---- threads: blocks of pixels handed out from a shared counter (dynamic schedule) ---- */
-#define NB_GRAIN 64
+#define NB_GRAIN 64   /* a multiple of NB_LANES: blocks of lanes start at multiples of NB_LANES */
 
 typedef struct {
     const nb_params *p;
@@ -76,7 +76,8 @@ static void *nb_worker(void *arg)
     return 0;
 }
 
-/* Render pixels [lo, hi) of p->pixels with nthreads threads (the caller's thread is one). */
+/* Render pixels [lo, hi) of p->pixels with nthreads threads (the caller's thread is one);
+ * lo must be a multiple of NB_GRAIN. */
 int nb_render(const nb_params *p, int64_t lo, int64_t hi, int nthreads, int is_double)
 {
     if (nthreads < 1) nthreads = 1;
@@ -93,4 +94,5 @@ int nb_render(const nb_params *p, int64_t lo, int64_t hi, int nthreads, int is_d
     return 0;
 }
 
-int nb_abi_version(void) { return 1; }
+int nb_abi_version(void) { return 2; }
+int nb_lanes(void) { return 16; }

@@ -37,7 +37,7 @@ _HERE = Path(__file__).resolve().parent
 _SOURCES = ("fused_cpu.c", "fused_kernel.h")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno",
          "-fno-trapping-math", "-ffp-contract=fast", "-pthread")
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 SHAPES = {"square": 0, "round": 1, "gauss": 2, "tophat": 3}
 
@@ -155,6 +155,7 @@ def _load():
             lib.nb_render.argtypes = [ctypes.POINTER(_Params), ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
                                       ctypes.c_int]
             lib.nb_render.restype = ctypes.c_int
+            lib.nb_lanes.restype = ctypes.c_int
             _lib = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             _error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -212,8 +213,11 @@ def render(pb, progress: Optional[Callable[[int, int], None]] = None, nthreads: 
     c = lambda t: t.detach().to(dtype=dtype).contiguous()        # noqa: E731
     pixels = pb.pixels.detach().to(torch.int64).contiguous()
     P = pixels.shape[0]
-    image = torch.zeros(pb.spixels * pb.fpixels, dtype=dtype)
-    omega = torch.zeros(max(P, 1), dtype=dtype)
+    npix = pb.spixels * pb.fpixels
+    # every pixel is written when all are rendered; otherwise the rest must be zero
+    image = torch.empty(npix, dtype=dtype) if P == npix else torch.zeros(npix, dtype=dtype)
+    lanes = lib.nb_lanes()
+    omega = torch.zeros(-(-P // lanes) + 1, dtype=dtype)      # one partial sum per block of lanes
     incident, wavelength = c(pb.incident), c(pb.wavelength)
     e_in, b_in = _polarization_frame(pb, dtype)
     lattices = c(pb.lattices)
@@ -253,13 +257,14 @@ def render(pb, progress: Optional[Callable[[int, int], None]] = None, nthreads: 
     threads = nthreads or torch.get_num_threads()
     # one call for the whole image; with a progress callback, a few slices reported one by one
     slices = 1 if progress is None else max(1, min(20, P // 4096))
-    step = -(-P // slices) if P else 0
-    for lo in range(0, P, max(step, 1)):
+    grain = 64                                          # fused_cpu.c's NB_GRAIN: slices start on it
+    step = -(-(-(-P // slices)) // grain) * grain if P else grain
+    for lo in range(0, P, step):
         hi = min(P, lo + step)
         lib.nb_render(ctypes.byref(prm), lo, hi, threads, int(is_double))
         if progress is not None:
             progress(hi, P)
-    return image.reshape(pb.spixels, pb.fpixels), omega[:P].sum()
+    return image.reshape(pb.spixels, pb.fpixels), omega.sum()
 
 
 def main(argv=None) -> int:

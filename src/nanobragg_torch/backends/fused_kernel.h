@@ -39,7 +39,7 @@ static inline REAL NB_FN(rint_fast)(REAL x)
     return NB_RINT(x);
 }
 
-#define NB_LANES 16
+#define NB_LANES 16   /* fused_cpu.py reads it through nb_lanes() */
 
 typedef struct {
     REAL fdet[3], sdet[3], odet[3], pix0[3], beam[3];
@@ -121,16 +121,20 @@ static void NB_FN(render_range)(const nb_params *p, int64_t lo, int64_t hi)
         const int n = (int)((hi - b0) < NB_LANES ? (hi - b0) : NB_LANES);
         REAL fp[NB_LANES], sp[NB_LANES];
         REAL I[NB_LANES], omega_sum[NB_LANES], omega_c[NB_LANES], capture_c[NB_LANES], polar_c[NB_LANES];
-        int found[NB_LANES];
+        int found[NB_LANES], all_found = 0;
         REAL px[NB_LANES], py[NB_LANES], pz[NB_LANES], R[NB_LANES];
         REAL dx[NB_LANES], dy[NB_LANES], dz[NB_LANES];
         REAL omega_e[NB_LANES], capture_e[NB_LANES];
         REAL qx[NB_LANES], qy[NB_LANES], qz[NB_LANES], keep[NB_LANES], fac[NB_LANES];
         REAL term[NB_LANES], live[NB_LANES];
+        const double inv_f = 1.0 / (double)p->fpixels;
+#pragma omp simd
         for (int j = 0; j < NB_LANES; j++) {
-            int64_t pix = p->pixels[b0 + (j < n ? j : n - 1)];
-            fp[j] = (REAL)(pix % p->fpixels);
-            sp[j] = (REAL)(pix / p->fpixels);
+            /* slow, fast index of the pixel: exact in double for any realistic detector */
+            double pix = (double)p->pixels[b0 + (j < n ? j : n - 1)];
+            double s_ = floor((pix + 0.5) * inv_f);
+            fp[j] = (REAL)(pix - s_ * (double)p->fpixels);
+            sp[j] = (REAL)s_;
             I[j] = c.I_bg; omega_sum[j] = 0; omega_c[j] = 0; capture_c[j] = 1;
             polar_c[j] = nopolar ? (REAL)1 : (REAL)0; found[j] = 0;
             omega_e[j] = 1; capture_e[j] = 1;
@@ -173,11 +177,17 @@ static void NB_FN(render_range)(const nb_params *p, int64_t lo, int64_t hi)
                     for (int j = 0; j < NB_LANES; j++) {
                         REAL r2 = px[j] * px[j] + py[j] * py[j] + pz[j] * pz[j];
                         REAL Rj = NB_SQRT(r2);
+                        REAL iR = (REAL)1 / Rj;
                         R[j] = Rj;
-                        dx[j] = px[j] / Rj; dy[j] = py[j] / Rj; dz[j] = pz[j] / Rj;
-                        REAL om = p->point_pixel ? (REAL)1 / r2
-                                                 : c.pixel_size * c.pixel_size / r2 * c.close_distance / Rj;
-                        omega_e[j] = om;
+                        dx[j] = px[j] * iR; dy[j] = py[j] * iR; dz[j] = pz[j] * iR;
+                    }
+                    if (want_omega) {
+                        const REAL k_om = c.pixel_size * c.pixel_size * c.close_distance;
+#pragma omp simd
+                        for (int j = 0; j < NB_LANES; j++) {
+                            REAL iR = (REAL)1 / R[j];
+                            omega_e[j] = p->point_pixel ? iR * iR : k_om * iR * iR * iR;
+                        }
                     }
                     if (want_capture) {
                         for (int j = 0; j < NB_LANES; j++) {
@@ -198,12 +208,12 @@ static void NB_FN(render_range)(const nb_params *p, int64_t lo, int64_t hi)
                     }
                     for (int s = 0; s < S; s++) {
                         const REAL ix = inc[3 * s], iy = inc[3 * s + 1], iz = inc[3 * s + 2];
-                        const REAL lm = lam[s];
+                        const REAL lm = lam[s], ilm = (REAL)1 / lam[s];
                         /* scattering vector, d_min cut, polarization */
 #pragma omp simd
                         for (int j = 0; j < NB_LANES; j++) {
                             REAL ax = dx[j] - ix, ay = dy[j] - iy, az = dz[j] - iz;
-                            qx[j] = ax / lm; qy[j] = ay / lm; qz[j] = az / lm;
+                            qx[j] = ax * ilm; qy[j] = ay * ilm; qz[j] = az * ilm;
                             REAL k = 1;
                             if (use_dmin) {
                                 REAL stol = (REAL)0.5 * NB_SQRT(ax * ax + ay * ay + az * az) / lm;
@@ -212,8 +222,15 @@ static void NB_FN(render_range)(const nb_params *p, int64_t lo, int64_t hi)
                             keep[j] = k;
                         }
                         int need_polar = !nopolar && over_polar;
-                        if (!nopolar && !over_polar)
-                            for (int j = 0; j < NB_LANES; j++) need_polar |= !found[j] && keep[j] != 0;
+                        if (!nopolar && !over_polar && !all_found) {
+                            int missing = 0;
+                            for (int j = 0; j < NB_LANES; j++) {
+                                need_polar |= !found[j] && keep[j] != 0;
+                                missing |= !found[j];
+                            }
+                            /* once every lane has its cached polarization, no more scans in this block */
+                            if (!missing) all_found = 1;
+                        }
                         REAL pol[NB_LANES];
                         if (need_polar) {
                             const REAL *E = e_in + 3 * s, *B = b_in + 3 * s;
@@ -345,14 +362,17 @@ static void NB_FN(render_range)(const nb_params *p, int64_t lo, int64_t hi)
                 }
             }
         }
+        REAL osum = 0;
         for (int j = 0; j < n; j++) {
             REAL v = c.scale * I[j];
             if (!over_thick && thick_on) v *= capture_c[j];
             if (!over_polar) v *= polar_c[j];
             if (!over_omega) v *= omega_c[j];
             image[p->pixels[b0 + j]] = v;
-            omega_out[b0 + j] = omega_sum[j];
+            osum += omega_sum[j];
         }
+        /* one partial sum per block of lanes (blocks start at multiples of NB_LANES): deterministic */
+        omega_out[b0 / NB_LANES] = osum;
     }
 }
 
