@@ -162,3 +162,4 @@ class SimulationOptions:
     max_chunk_elements: Optional[int] = None   # None: engine.default_chunk_elements (2^19 CPU, 2^23 GPU)
     progress: bool = False
     compile: bool = False                 # fused kernels via torch.compile (engine.render's compiled)
+    backend: str = "auto"                 # auto | torch | fused | compile (nanobragg_torch.backends)

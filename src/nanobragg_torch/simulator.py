@@ -360,7 +360,8 @@ def simulate(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
     if checkpoint:
         res = render_checkpointed(pb, options.max_chunk_elements, progress=progress)
     else:
-        res = render(pb, options.max_chunk_elements, progress=progress, compiled=options.compile)
+        res = render(pb, options.max_chunk_elements, progress=progress, compiled=options.compile,
+                     backend=options.backend)
     inter = pixel_intermediates(pb) if return_intermediates else None
     return SimulationResult(image=res.image, prepared=prep, omega_sum=res.omega_sum,
                             interp_warning=res.state.oob_warning, intermediates=inter)

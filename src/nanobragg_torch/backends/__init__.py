@@ -31,6 +31,10 @@ BACKENDS = ("auto", "torch", "fused", "compile")
 AUTO_ORDER = ("fused", "torch")
 
 
+class BackendError(ValueError):
+    """A backend named explicitly (``-backend``) cannot render the problem; the message says why."""
+
+
 @dataclass
 class Request:
     """What the caller asks of a render, beside the problem itself."""
@@ -128,16 +132,17 @@ def _note(msg: str) -> None:
 def select(pb, backend: str = "auto", request: Optional[Request] = None) -> Backend:
     """The backend that renders ``pb``: ``backend`` by name, or the first of AUTO_ORDER that supports it.
 
-    Raises ValueError when a named backend cannot take the problem (the message gives the reason).
+    Raises :class:`BackendError` (a ValueError) when a named backend cannot take the problem
+    (the message gives the reason).
     """
     request = request or request_for(pb)
     if backend not in BACKENDS:
-        raise ValueError(f"-backend: unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
+        raise BackendError(f"-backend: unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     if backend != "auto":
         b = REGISTRY[backend]
         ok, why = b.supports(pb, request)
         if not ok:
-            raise ValueError(f"-backend {backend}: cannot render this problem: {why}")
+            raise BackendError(f"-backend {backend}: cannot render this problem: {why}")
         return b
     for name in AUTO_ORDER:
         b = REGISTRY[name]
