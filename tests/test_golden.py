@@ -28,6 +28,19 @@ def _compare(ref, got, strict=True):
     return corr, rel
 
 
+def test_golden_backend_coverage(golden_runner):
+    """Only the cases the fused backend documents as the torch backend's fall back to it."""
+    if golden_runner.backend != "fused":
+        pytest.skip("NB_GOLDEN_BACKEND names another backend")
+    for case in CASES:
+        golden_runner.render(case, ("-dtype", "float64"))
+    fallback = {c: why for (c, extra), why in golden_runner.torch_cases.items() if extra == ("-dtype", "float64")}
+    # tricubic interpolation (its order-dependent switch-off) is the torch backend's: the two cases
+    # that interpolate (interp_auto switches it on for small N, interp_oob asks for it)
+    assert sorted(fallback) == sorted(c for c in ("interp_auto", "interp_oob") if c in CASES), fallback
+    assert all("tricubic interpolation" in why for why in fallback.values()), fallback
+
+
 def test_suite_present():
     g = golden_dir()
     assert len(CASES) == 67, f"expected 67 golden cases in {g}, found {len(CASES)}"
