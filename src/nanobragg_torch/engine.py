@@ -38,57 +38,140 @@ from .physics.polarization import polarization_factor
 from .physics.rotation import rotate_axis
 
 
+Tensor = torch.Tensor
+Number = object          # a Python float, or a 0-d tensor where it carries a gradient / is fractional
+
+
+@dataclass
+class DetectorPart:
+    """The pixel array: lab-frame geometry and the sensor (tensors of the compute dtype/device)."""
+    spixels: int                  # rows (slow axis)
+    fpixels: int                  # columns (fast axis)
+    pixel_size: Tensor            # () m
+    oversample: int               # sub-pixels per pixel edge (O)
+    thicksteps: int               # sensor layers (T)
+    thickstep: Tensor             # () m, one layer
+    mu: Tensor                    # () 1/m, sensor attenuation coefficient
+    thickness_on: bool            # a sensor thickness was given (capture fraction applies)
+    fdet: Tensor                  # (3,) unit, fast axis
+    sdet: Tensor                  # (3,) unit, slow axis
+    odet: Tensor                  # (3,) unit, detector normal
+    pix0: Tensor                  # (3,) m, sample -> corner of the first pixel
+    beam_vector: Tensor           # (3,) unit, along the beam
+    distance: Tensor              # () m, sample to detector plane along the beam
+    close_distance: Tensor        # () m, sample to detector plane along the normal
+    curved: bool                  # spherical detector (every pixel at `distance`)
+    point_pixel: bool             # solid angle 1/R^2 (no obliquity factor)
+    pixels: Tensor                # (P,) int64 flat indices rendered (ROI, mask), raster order
+
+
+@dataclass
+class SourcesPart:
+    """The incident beam: one entry per source point (divergence x dispersion, or a source file)."""
+    incident: Tensor              # (S, 3) unit, source -> sample
+    wavelength: Tensor            # (S,) m
+    polar_vector: Tensor          # (3,) unit, the E-vector
+    kahn: Tensor                  # () Kahn polarization factor (0: unpolarized)
+    nopolar: bool                 # polarization factor 1
+    fluence: Tensor               # () photons/m^2
+
+
+@dataclass
+class CrystalPart:
+    """The crystal: its lattices for every (phi step, mosaic domain) and its shape."""
+    lattices: Tensor              # (M, 3, 3) m, rows a, b, c; M = phi steps x mosaic domains, phi slowest
+    lattices_first: Optional[Tensor]   # (M, 3, 3) m: the C's phi carry-over for the run's first evaluation
+    recip: Tensor                 # (3, 3) 1/Angstrom, rows a*, b*, c*, unrotated
+    Na: Number                    # unit cells along a (float; tensor if fractional or with grad)
+    Nb: Number
+    Nc: Number
+    shape: str                    # square | round | gauss | tophat
+    fudge: Tensor                 # () shape-transform width factor
+
+
+@dataclass
+class StructureFactorsPart:
+    """F_cell: a grid of structure factors (or none) and the value outside it."""
+    F_grid: Optional[Tensor]      # (H*K*L,) electrons, flat C-order grid; None without a grid
+    F_shape: tuple                # (H, K, L) grid extent
+    hkl_min: tuple                # (3,) int, first index of the grid
+    hkl_max: tuple                # (3,) int, last index (inclusive)
+    hkls: int                     # points in the grid (0: none)
+    default_F: Tensor             # () electrons, outside the grid or without one
+    interpolate: bool             # tricubic interpolation (switched off by the C's rule)
+
+
+@dataclass
+class Switches:
+    """Scale and the rules of the sum."""
+    r_e_sqr: float                # m^2, Thomson cross section
+    steps: int                    # sources x mosaic domains x phi steps x O^2 (the sum's normaliser)
+    I_bg: Tensor                  # () water background added to every pixel's sum
+    water: bool                   # a water background was asked for (terms with F_latt = 0 still count)
+    dmin: float                   # m, resolution cut (0: none)
+    oversample_thick: bool        # capture fraction at every sub-pixel and layer
+    oversample_polar: bool        # polarization at every sub-pixel and source
+    oversample_omega: bool        # solid angle at every sub-pixel
+    reduced_sincg: bool = False   # lattice factor on reduced arguments (float32 accuracy)
+
+
+_PARTS = (("detector", DetectorPart), ("sources", SourcesPart), ("crystal", CrystalPart),
+          ("structure_factors", StructureFactorsPart), ("switches", Switches))
+_FIELD_PART = {f.name: part for part, cls in _PARTS for f in dataclasses.fields(cls)}
+
+
 @dataclass
 class RenderProblem:
-    """Everything the engine needs, as tensors of the compute dtype/device."""
-    spixels: int
-    fpixels: int
-    pixel_size: torch.Tensor
-    oversample: int
-    thicksteps: int
-    thickstep: torch.Tensor
-    mu: torch.Tensor
-    thickness_on: bool
-    fdet: torch.Tensor
-    sdet: torch.Tensor
-    odet: torch.Tensor
-    pix0: torch.Tensor
-    beam_vector: torch.Tensor
-    distance: torch.Tensor
-    close_distance: torch.Tensor
-    curved: bool
-    point_pixel: bool
-    incident: torch.Tensor        # (S, 3)
-    wavelength: torch.Tensor      # (S,)
-    polar_vector: torch.Tensor
-    kahn: torch.Tensor
-    nopolar: bool
-    lattices: torch.Tensor        # (M, 3, 3) rows a, b, c (m)
-    lattices_first: Optional[torch.Tensor]   # C-PARITY-001: the run's first evaluation
-    recip: torch.Tensor           # (3, 3) rows a*, b*, c* (1/Angstrom), unrotated
-    Na: torch.Tensor
-    Nb: torch.Tensor
-    Nc: torch.Tensor
-    shape: str
-    fudge: torch.Tensor
-    F_grid: Optional[torch.Tensor]    # flat C-order grid
-    F_shape: tuple
-    hkl_min: tuple
-    hkl_max: tuple
-    hkls: int
-    default_F: torch.Tensor
-    interpolate: bool
-    fluence: torch.Tensor
-    r_e_sqr: float
-    steps: int
-    I_bg: torch.Tensor
-    water: bool
-    dmin: float
-    oversample_thick: bool
-    oversample_polar: bool
-    oversample_omega: bool
-    pixels: torch.Tensor          # (P,) flat indices of rendered pixels, raster order
-    reduced_sincg: bool = False
+    """Everything a backend needs, as five typed records (tensors of the compute dtype/device).
+
+    Every field of the records is also readable and writable by its own name on the problem
+    (``pb.fdet`` is ``pb.detector.fdet``), which is how the kernels read them.
+    """
+    detector: DetectorPart
+    sources: SourcesPart
+    crystal: CrystalPart
+    structure_factors: StructureFactorsPart
+    switches: Switches
+
+    @classmethod
+    def from_fields(cls, **values) -> "RenderProblem":
+        """Build the records from every field given by name (see the record classes)."""
+        parts = {}
+        for part, pcls in _PARTS:
+            names = [f.name for f in dataclasses.fields(pcls)]
+            parts[part] = pcls(**{n: values.pop(n) for n in names if n in values})
+        if values:
+            raise TypeError(f"RenderProblem: unknown fields {sorted(values)}")
+        return cls(**parts)
+
+    def replace(self, **values) -> "RenderProblem":
+        """A copy with the named fields (any record's) replaced; the other records are shared."""
+        by_part = {}
+        for name, v in values.items():
+            if name not in _FIELD_PART:
+                raise TypeError(f"RenderProblem: unknown field {name!r}")
+            by_part.setdefault(_FIELD_PART[name], {})[name] = v
+        return RenderProblem(**{part: dataclasses.replace(getattr(self, part), **by_part[part])
+                                if part in by_part else getattr(self, part) for part, _ in _PARTS})
+
+    def tensor_fields(self):
+        """(name, tensor) of every tensor field of the records."""
+        for part, pcls in _PARTS:
+            rec = getattr(self, part)
+            for f in dataclasses.fields(pcls):
+                v = getattr(rec, f.name)
+                if isinstance(v, torch.Tensor):
+                    yield f.name, v
+
+
+def _delegate(name: str, part: str):
+    return property(lambda self: getattr(getattr(self, part), name),
+                    lambda self, v: setattr(getattr(self, part), name, v),
+                    doc=f"``{part}.{name}``")
+
+
+for _name, _part in _FIELD_PART.items():
+    setattr(RenderProblem, _name, _delegate(_name, _part))
 
 
 @dataclass
@@ -544,8 +627,7 @@ def compile_eligible(pb: RenderProblem) -> bool:
 
 def grad_fields(pb: RenderProblem) -> list:
     """Names of the problem's tensor fields that require grad."""
-    return [f.name for f in dataclasses.fields(pb)
-            if isinstance(getattr(pb, f.name), torch.Tensor) and getattr(pb, f.name).requires_grad]
+    return [name for name, t in pb.tensor_fields() if t.requires_grad]
 
 
 def _needs_grad(pb: RenderProblem) -> bool:

@@ -176,7 +176,7 @@ def build_problem(prep: Prepared, crystal: CrystalLike, detector: DetectorLike, 
         F_shape = tuple(g.shape)
         F_grid = g.reshape(-1)
     dc = det.settings
-    return RenderProblem(
+    return RenderProblem.from_fields(
         spixels=dc.spixels, fpixels=dc.fpixels, pixel_size=v(det, "pixel_size"),
         oversample=prep.oversample, thicksteps=dc.thicksteps, thickstep=v(det, "thickstep"),
         mu=v(det, "mu"), thickness_on=bool(det.plain("thickness") != 0.0),
@@ -216,7 +216,7 @@ def pixel_intermediates(pb: RenderProblem) -> Dict[str, torch.Tensor]:
     from .physics.polarization import polarization_factor
     S, F = pb.spixels, pb.fpixels
     pix = torch.arange(S * F, device=pb.fdet.device)
-    pb1 = dataclasses.replace(pb, oversample=1)
+    pb1 = pb.replace(oversample=1)
     pos = eng._subpixel_positions(pb1, pix)[:, 0, 0, 0]                       # (P, 3)
     air = torch.linalg.vector_norm(pos, dim=-1)
     d = pos / air.unsqueeze(-1)
@@ -258,7 +258,7 @@ class _RecomputedChunk(torch.autograd.Function):
         from .engine import render_chunk
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
-            pb = dataclasses.replace(ctx.pb, **dict(zip(ctx.names, leaves)))
+            pb = ctx.pb.replace(**dict(zip(ctx.names, leaves)))
             v, osum = render_chunk(pb, ctx.pix, copy.copy(ctx.snapshot))
             # a scalar (not grad_outputs: that makes autograd import sympy, seconds of start-up)
             total = None
