@@ -200,7 +200,7 @@ def compound_rule(pb) -> bool:
     """True: the C's compounding -oversample_* rule (the running sum, I_bg included, times the
     factor after every term; the ``-c_legacy`` switch).  False (default): the corrected rule,
     each enabled factor multiplies its own term only."""
-    return bool(getattr(pb, "c_legacy", False))
+    return bool(pb.legacy_oversample)
 
 
 def render(pb, progress: Optional[Callable[[int, int], None]] = None, nthreads: Optional[int] = None):

@@ -156,6 +156,7 @@ class RawFlags:
     compile: bool = False                   # -compile: fused kernels (torch.compile)
     backend: str = "auto"                   # -backend: auto|torch|fused|compile (nanobragg_torch.backends)
     phi_carryover: str = "fixed"
+    c_legacy: bool = False
     trace_pixel: Optional[List[int]] = None
     trace_json: Optional[str] = None
     image_format: Optional[str] = None      # -format: smv|cbf|h5|nxs for the integer and noise images
@@ -513,6 +514,7 @@ EXTRA_RULES: List[Rule] = [
     Rule(lambda a: a == "-compile", 0, _setmany(compile=True), ("-compile",), ""),
     Rule(lambda a: a == "-backend", 1, _backend, ("-backend",), "B"),
     Rule(lambda a: a == "-phi_carryover", 1, _carry, ("-phi_carryover",), "K"),
+    Rule(lambda a: a == "-c_legacy", 0, _setmany(c_legacy=True), ("-c_legacy",), ""),
     Rule(lambda a: a == "-trace_pixel", 2, _trace_pixel, ("-trace_pixel",), "ii"),
     Rule(lambda a: a in ("--trace-json", "-trace_json"), 1, _file("trace_json"), ("--trace-json", "-trace_json"), "s"),
     # output formats (issue 6); exact names, and the C rules are not applied to them
