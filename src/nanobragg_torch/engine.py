@@ -551,9 +551,11 @@ def polarization_stage(pb: RenderProblem, g: ChunkGeometry, keep):
     return polar_each, polar_cached
 
 
-def miller_stage(pb: RenderProblem, g: ChunkGeometry, dq, keep, state: RenderState, pi_scaled: bool):
+def miller_stage(pb: RenderProblem, g: ChunkGeometry, dq, keep, state: RenderState, pi_scaled: bool,
+                 patched: Optional[list] = None):
     """Stage 6: fractional Miller indices h, k, l, (K, P, M) each (times pi when ``pi_scaled``),
-    with the C's carry-over patch of the run's first evaluation (C-PARITY-001)."""
+    with the C's carry-over patch of the run's first evaluation (C-PARITY-001); the
+    (subpath, pixel) it patched is appended to ``patched`` when given (the trace reports it)."""
     K, P, M, S = g.K, g.P, g.M, g.S
     c = g.cst
     lat_scale = math.pi if pi_scaled else 1.0
@@ -582,6 +584,8 @@ def miller_stage(pb: RenderProblem, g: ChunkGeometry, dq, keep, state: RenderSta
             h, k, l = h.clone(), k.clone(), l.clone()
             h[kk, p], k[kk, p], l[kk, p] = hf[0], kf_[0], lf[0]
             state.first_done = True
+            if patched is not None:
+                patched.append((kk, p))
     return h, k, l
 
 
@@ -760,12 +764,14 @@ def render(pb: RenderProblem, max_elements: Optional[int] = None,
 
     ``backend``: ``auto`` (the fused CPU kernel where it takes the problem and no gradient
     is asked for, else the torch reference), or ``torch``, ``fused``, ``compile`` by name
-    (ValueError if that one cannot take the problem).  ``compiled=True`` is ``backend="compile"``
-    (the older spelling).  ``result.backend`` names the backend that rendered.
+    (ValueError if that one cannot take the problem).  ``compiled=True`` (``-compile``) with
+    ``auto`` asks for ``compile`` where it takes the problem and the eager torch backend
+    otherwise.  ``result.backend`` names the backend that rendered.
     """
-    from .backends import select
-    if compiled and backend in ("auto", "compile"):
-        backend = "compile"
+    from .backends import REGISTRY, request_for, select
+    if compiled and backend == "auto":
+        # -compile is a preference: the compiled chunks where they can be used, else the eager torch path
+        backend = "compile" if REGISTRY["compile"].supports(pb, request_for(pb))[0] else "torch"
     return select(pb, backend).render(pb, max_elements, progress=progress)
 
 
