@@ -124,6 +124,8 @@ def build(verbose: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.so", dir=str(path.parent))
     os.close(fd)
     cmd = [cc, *FLAGS, str(_HERE / "fused_cpu.c"), "-o", tmp, "-lm"]
+    print(f"nanoBragg: note: building the fused CPU kernel, once for this machine (cached in {path.parent})",
+          file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True)
