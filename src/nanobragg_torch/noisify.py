@@ -142,10 +142,17 @@ def _psf_gather_k(img, nx, ny, radius, kernel, R, wrap, out):
                 wlo = nx - R if wrapped else nx
                 if wlo < 0:
                     wlo = 0
-                start = xlo if xlo < wlo else wlo
-                for xs in range(start, nx):
-                    if xs > xhi and xs < wlo:
-                        continue
+                # sources in increasing index: [xlo, xhi] (normal), then [wlo, nx) (wrapped)
+                if wlo <= xhi + 1:
+                    a0 = xlo if xlo < wlo else wlo
+                    a1 = nx - 1 if wlo < nx else xhi
+                    b0, b1 = 1, 0
+                else:
+                    a0, a1, b0, b1 = xlo, xhi, wlo, nx - 1
+                na = a1 - a0 + 1 if a1 >= a0 else 0
+                nb = b1 - b0 + 1 if b1 >= b0 else 0
+                for q in range(na + nb):
+                    xs = a0 + q if q < na else b0 + (q - na)
                     i = ys * nx + xs
                     r = radius[i]
                     if r < 0:
@@ -192,10 +199,17 @@ def _psf_gather_par(img, nx, ny, radius, kernel, R, wrap, out):
                 wlo = nx - R if wrapped else nx
                 if wlo < 0:
                     wlo = 0
-                start = xlo if xlo < wlo else wlo
-                for xs in range(start, nx):
-                    if xs > xhi and xs < wlo:
-                        continue
+                # sources in increasing index: [xlo, xhi] (normal), then [wlo, nx) (wrapped)
+                if wlo <= xhi + 1:
+                    a0 = xlo if xlo < wlo else wlo
+                    a1 = nx - 1 if wlo < nx else xhi
+                    b0, b1 = 1, 0
+                else:
+                    a0, a1, b0, b1 = xlo, xhi, wlo, nx - 1
+                na = a1 - a0 + 1 if a1 >= a0 else 0
+                nb = b1 - b0 + 1 if b1 >= b0 else 0
+                for q in range(na + nb):
+                    xs = a0 + q if q < na else b0 + (q - na)
                     i = ys * nx + xs
                     r = radius[i]
                     if r < 0:

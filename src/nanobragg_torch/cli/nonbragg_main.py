@@ -334,7 +334,7 @@ def _body(argv: List[str]) -> int:
     roi = m["roi"]
     with torch.no_grad():
         img = amorphous_image(sample, det, beam, oversample=max(f.oversample, 1), source_weights=w, fmap=f.fmap,
-                              roi=roi, dtype=dtype)
+                              roi=roi, dtype=dtype, backend="auto")
     fimg = img.to(torch.float32).numpy()
     S, Fp = fimg.shape
     keep = np.zeros((S, Fp), bool)

@@ -221,7 +221,7 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int = 1,
                     source_weights: Optional[torch.Tensor] = None, fmap: bool = False,
                     roi: Optional[Sequence[int]] = None, dtype=torch.float64, device=None,
-                    rows_per_chunk: Optional[int] = None) -> torch.Tensor:
+                    rows_per_chunk: Optional[int] = None, backend: str = "torch") -> torch.Tensor:
     """Photons per pixel (spixels, fpixels) scattered by ``sample`` onto ``detector``.
 
     ``detector``: :class:`~nanobragg_torch.models.Detector` (its geometry:
@@ -233,6 +233,12 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     instead (the C's ``-Fmap``).  ``roi`` (xmin, xmax, ymin, ymax), inclusive:
     pixels outside are 0.  Differentiable in every float tensor of the sample,
     detector and beam (geometry, wavelength, fluence, polarization).
+
+    ``backend``: "torch" (the reference and gradient path, any device and
+    dtype), "numba" (the fused CPU kernel of
+    :mod:`nanobragg_torch.physics.amorphous_kernel`: double precision, no
+    autograd, returns float32) or "auto" (numba on the CPU when nothing
+    requires grad).
     """
     dev = device if device is not None else detector.device
     cfg = detector.settings
@@ -253,6 +259,22 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     steps = nsrc * O * O
     scale = R_E_SQR * fluence * as_tensor(sample.molecules(), dtype, dev) / steps
     table = sample.table
+    if backend == "auto":
+        leaves = [geo.pix0, geo.fdet, src.wavelength, kahn, fluence, as_tensor(sample.molecules(), dtype, dev)]
+        backend = "numba" if (torch.device(dev).type == "cpu" and not any(t.requires_grad for t in leaves)) \
+            else "torch"
+    if backend == "numba":
+        from ..physics import amorphous_kernel
+        npy = lambda t: t.detach().to("cpu", torch.float64).numpy()
+        roi4 = tuple(roi) if roi is not None else (0, F - 1, 0, S - 1)
+        img = amorphous_kernel.render(
+            S, F, O, dict(pix0=npy(geo.pix0), fdet=npy(geo.fdet), sdet=npy(geo.sdet), beam=npy(geo.beam_vector),
+                          distance=float(geo.distance), close=float(geo.close_distance)),
+            float(px), cfg.curved, cfg.point_pixel, npy(inc), npy(lam_A), npy(w), float(kahn), npy(polar_axis),
+            beam.nopolar, table, float(scale), roi4, fmap)
+        return torch.from_numpy(img)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch', 'numba' or 'auto', got {backend!r}")
     ar = torch.arange(O, dtype=dtype, device=dev)
     fcoord = (sub * (torch.arange(F, dtype=dtype, device=dev)[:, None] * O + ar) + sub / 2.0).reshape(-1)  # (F*O,)
     if rows_per_chunk is None:
