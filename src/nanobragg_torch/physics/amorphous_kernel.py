@@ -21,9 +21,12 @@ _JIT = None
 def _render_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, point_pixel,
               inc, lam, w, kahn, pol_axis, nopolar, knots, coef, org, scale, roi, fmap, out):
     sub = px / O
+    px2close = px * px * close
     nk = knots.shape[0]
     nsrc = inc.shape[0]
+    half_over_lam = 0.5 / lam
     for s in _prange(S):
+        lo = 0
         for f in range(F):
             if f < roi[0] or f > roi[1] or s < roi[2] or s > roi[3]:
                 out[s, f] = 0.0
@@ -52,25 +55,24 @@ def _render_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, poin
                             vx, vy, vz = nx, ny, nz
                         x, y, z = vx, vy, vz
                     air = math.sqrt(x * x + y * y + z * z)
-                    dx, dy, dz = x / air, y / air, z / air
+                    inv = 1.0 / air
+                    dx, dy, dz = x * inv, y * inv, z * inv
                     if point_pixel:
-                        omega = 1.0 / air / air
+                        omega = inv * inv
                     else:
-                        omega = px * px / air / air * close / air
+                        omega = px2close * inv * inv * inv
                     for n in range(nsrc):
                         ix, iy, iz = inc[n, 0], inc[n, 1], inc[n, 2]
-                        qx = (dx - ix) / lam[n]
-                        qy = (dy - iy) / lam[n]
-                        qz = (dz - iz) / lam[n]
-                        stol = 0.5 * math.sqrt(qx * qx + qy * qy + qz * qz)
-                        # number of knots <= stol (binary search) = the interval
-                        lo, hi = 0, nk
-                        while lo < hi:
-                            mid = (lo + hi) // 2
-                            if knots[mid] <= stol:
-                                lo = mid + 1
-                            else:
-                                hi = mid
+                        qx = dx - ix
+                        qy = dy - iy
+                        qz = dz - iz
+                        stol = half_over_lam[n] * math.sqrt(qx * qx + qy * qy + qz * qz)
+                        # number of knots <= stol = the interval; walked from the previous
+                        # sub-pixel's (neighbours differ by a step or two, as in the C's search)
+                        while lo < nk and knots[lo] <= stol:
+                            lo += 1
+                        while lo > 0 and knots[lo - 1] > stol:
+                            lo -= 1
                         t = stol - org[lo]
                         Fbg = ((coef[lo, 3] * t + coef[lo, 2]) * t + coef[lo, 1]) * t + coef[lo, 0]
                         sign = 1.0
