@@ -106,6 +106,108 @@ def _psf_radius_k(img, gauss, fwhm, g, user_radius, maxwidth, radius, lost):
             lost[i] = v * g / math.sqrt(g * g + np.float64(r) * np.float64(r))
 
 
+def _psf_target(img, nx, ny, radius, kernel, R, wrap, yt, xt):
+    """Sum for one target pixel, sources in the C's order (see _psf_gather_k)."""
+    K = 2 * R + 1
+    acc = np.float32(0.0)
+    ylo = yt - R - 1 if (wrap and xt == 0) else yt - R
+    if ylo < 0:
+        ylo = 0
+    yhi = yt + R
+    if yhi > ny - 1:
+        yhi = ny - 1
+    for ys in range(ylo, yhi + 1):
+        dy = yt - ys
+        normal = dy >= -R and dy <= R
+        dyw = yt - 1 - ys
+        wrapped = wrap and xt == 0 and yt >= 1 and dyw >= -R and dyw <= R
+        if normal:
+            xlo = xt - R
+            if xlo < 0:
+                xlo = 0
+            xhi = xt + R
+        else:
+            xlo = nx
+            xhi = -1
+        if xhi > nx - 1:
+            xhi = nx - 1
+        wlo = nx - R if wrapped else nx
+        if wlo < 0:
+            wlo = 0
+        # sources in increasing index: [xlo, xhi] (normal), then [wlo, nx) (wrapped)
+        if wlo <= xhi + 1:
+            a0 = xlo if xlo < wlo else wlo
+            a1 = nx - 1 if wlo < nx else xhi
+            b0, b1 = 1, 0
+        else:
+            a0, a1, b0, b1 = xlo, xhi, wlo, nx - 1
+        na = a1 - a0 + 1 if a1 >= a0 else 0
+        nb = b1 - b0 + 1 if b1 >= b0 else 0
+        for q in range(na + nb):
+            xs = a0 + q if q < na else b0 + (q - na)
+            i = ys * nx + xs
+            r = radius[i]
+            if r < 0:
+                continue
+            v = np.float64(img[i])
+            if normal and xs >= xlo and xs <= xhi:
+                dx = xt - xs
+                if dx * dx + dy * dy <= r * r:
+                    acc = np.float32(np.float64(acc) + v * kernel[(R + dy) * K + R + dx])
+            if wrapped and xs >= wlo:
+                dx = nx - xs
+                if dx <= R and dx * dx + dyw * dyw <= r * r:
+                    acc = np.float32(np.float64(acc) + v * kernel[(R + dyw) * K + R + dx])
+    return acc
+
+
+def _psf_row(img, nx, ny, radius, kernel, R, wrap, yt, out):
+    """One target row: four interior pixels at a time (four independent float32 sums), the rest singly."""
+    K = 2 * R + 1
+    ylo = yt - R
+    if ylo < 0:
+        ylo = 0
+    yhi = yt + R
+    if yhi > ny - 1:
+        yhi = ny - 1
+    xt = 0
+    while xt < nx:
+        if xt >= R and xt >= 1 and xt + 3 + R <= nx - 1:
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            for ys in range(ylo, yhi + 1):
+                dy = yt - ys
+                base = ys * nx
+                for u in range(2 * R + 1):
+                    dx = R - u                      # source xs = xt + j - R + u, ascending
+                    kk = kernel[(R + dy) * K + R + dx]
+                    d2 = dx * dx + dy * dy
+                    i = base + xt - R + u
+                    r = radius[i]
+                    if r >= 0 and d2 <= r * r:
+                        a0 = np.float32(np.float64(a0) + np.float64(img[i]) * kk)
+                    r = radius[i + 1]
+                    if r >= 0 and d2 <= r * r:
+                        a1 = np.float32(np.float64(a1) + np.float64(img[i + 1]) * kk)
+                    r = radius[i + 2]
+                    if r >= 0 and d2 <= r * r:
+                        a2 = np.float32(np.float64(a2) + np.float64(img[i + 2]) * kk)
+                    r = radius[i + 3]
+                    if r >= 0 and d2 <= r * r:
+                        a3 = np.float32(np.float64(a3) + np.float64(img[i + 3]) * kk)
+            o = yt * nx + xt
+            out[o] = a0
+            out[o + 1] = a1
+            out[o + 2] = a2
+            out[o + 3] = a3
+            xt += 4
+        else:
+            out[yt * nx + xt] = _psf_target(img, nx, ny, radius, kernel, R, wrap, yt, xt)
+            xt += 1
+
+
 def _psf_gather_k(img, nx, ny, radius, kernel, R, wrap, out):
     """out[j] = sum over sources i (in the C's order) of img[i] * kernel[j - i], float32 adds.
 
@@ -114,120 +216,52 @@ def _psf_gather_k(img, nx, ny, radius, kernel, R, wrap, out):
     ``wrap``: reproduce the C's off-by-one edge test (a source whose kernel
     reaches one column past the right edge adds into column 0 of the next row).
     """
-    K = 2 * R + 1
     for yt in range(ny):
-        for xt in range(nx):
-            acc = np.float32(0.0)
-            ylo = yt - R - 1 if (wrap and xt == 0) else yt - R
-            if ylo < 0:
-                ylo = 0
-            yhi = yt + R
-            if yhi > ny - 1:
-                yhi = ny - 1
-            for ys in range(ylo, yhi + 1):
-                dy = yt - ys
-                normal = dy >= -R and dy <= R
-                dyw = yt - 1 - ys
-                wrapped = wrap and xt == 0 and yt >= 1 and dyw >= -R and dyw <= R
-                if normal:
-                    xlo = xt - R
-                    if xlo < 0:
-                        xlo = 0
-                    xhi = xt + R
-                else:
-                    xlo = nx
-                    xhi = -1
-                if xhi > nx - 1:
-                    xhi = nx - 1
-                wlo = nx - R if wrapped else nx
-                if wlo < 0:
-                    wlo = 0
-                # sources in increasing index: [xlo, xhi] (normal), then [wlo, nx) (wrapped)
-                if wlo <= xhi + 1:
-                    a0 = xlo if xlo < wlo else wlo
-                    a1 = nx - 1 if wlo < nx else xhi
-                    b0, b1 = 1, 0
-                else:
-                    a0, a1, b0, b1 = xlo, xhi, wlo, nx - 1
-                na = a1 - a0 + 1 if a1 >= a0 else 0
-                nb = b1 - b0 + 1 if b1 >= b0 else 0
-                for q in range(na + nb):
-                    xs = a0 + q if q < na else b0 + (q - na)
-                    i = ys * nx + xs
-                    r = radius[i]
-                    if r < 0:
-                        continue
-                    v = np.float64(img[i])
-                    if normal and xs >= xlo and xs <= xhi:
-                        dx = xt - xs
-                        if dx * dx + dy * dy <= r * r:
-                            acc = np.float32(np.float64(acc) + v * kernel[(R + dy) * K + R + dx])
-                    if wrapped and xs >= wlo:
-                        dx = nx - xs
-                        if dx <= R and dx * dx + dyw * dyw <= r * r:
-                            acc = np.float32(np.float64(acc) + v * kernel[(R + dyw) * K + R + dx])
-            out[yt * nx + xt] = acc
+        _psf_row(img, nx, ny, radius, kernel, R, wrap, yt, out)
 
 
 def _psf_gather_par(img, nx, ny, radius, kernel, R, wrap, out):
-    # rows in parallel (each target pixel independent); body as _psf_gather_k
-    K = 2 * R + 1
+    # rows in parallel (each target pixel independent); as _psf_gather_k
     for yt in _prange(ny):
-        for xt in range(nx):
-            acc = np.float32(0.0)
-            ylo = yt - R - 1 if (wrap and xt == 0) else yt - R
-            if ylo < 0:
-                ylo = 0
-            yhi = yt + R
-            if yhi > ny - 1:
-                yhi = ny - 1
-            for ys in range(ylo, yhi + 1):
-                dy = yt - ys
-                normal = dy >= -R and dy <= R
-                dyw = yt - 1 - ys
-                wrapped = wrap and xt == 0 and yt >= 1 and dyw >= -R and dyw <= R
-                if normal:
-                    xlo = xt - R
-                    if xlo < 0:
-                        xlo = 0
-                    xhi = xt + R
-                else:
-                    xlo = nx
-                    xhi = -1
-                if xhi > nx - 1:
-                    xhi = nx - 1
-                wlo = nx - R if wrapped else nx
-                if wlo < 0:
-                    wlo = 0
-                # sources in increasing index: [xlo, xhi] (normal), then [wlo, nx) (wrapped)
-                if wlo <= xhi + 1:
-                    a0 = xlo if xlo < wlo else wlo
-                    a1 = nx - 1 if wlo < nx else xhi
-                    b0, b1 = 1, 0
-                else:
-                    a0, a1, b0, b1 = xlo, xhi, wlo, nx - 1
-                na = a1 - a0 + 1 if a1 >= a0 else 0
-                nb = b1 - b0 + 1 if b1 >= b0 else 0
-                for q in range(na + nb):
-                    xs = a0 + q if q < na else b0 + (q - na)
-                    i = ys * nx + xs
-                    r = radius[i]
-                    if r < 0:
-                        continue
-                    v = np.float64(img[i])
-                    if normal and xs >= xlo and xs <= xhi:
-                        dx = xt - xs
-                        if dx * dx + dy * dy <= r * r:
-                            acc = np.float32(np.float64(acc) + v * kernel[(R + dy) * K + R + dx])
-                    if wrapped and xs >= wlo:
-                        dx = nx - xs
-                        if dx <= R and dx * dx + dyw * dyw <= r * r:
-                            acc = np.float32(np.float64(acc) + v * kernel[(R + dyw) * K + R + dx])
-            out[yt * nx + xt] = acc
+        _psf_row(img, nx, ny, radius, kernel, R, wrap, yt, out)
+
+
+def _adu_ints_k(values, gain, adc, clip16, bits, out16, out32):
+    """The C's conversion of gain * value + adc to its integer images; returns the overload count."""
+    overloads = 0
+    for i in range(values.shape[0]):
+        a = np.float64(values[i]) * gain + adc
+        if a > 2147483647.0:
+            a = 2147483647.0
+            if bits == 32:
+                overloads += 1
+        if clip16 and a > 65535.0:
+            a = 65535.0
+        if a > -9.2e18 and a < 9.2e18:
+            out32[i] = np.uint32(np.int64(a) & 0xFFFFFFFF)
+        else:
+            out32[i] = 0
+        if a > 65535.0:
+            a = 65535.0
+            if bits == 16:
+                overloads += 1
+        if a > -2147483649.0 and a < 2147483648.0:
+            out16[i] = np.uint16(np.int64(a) & 0xFFFF)
+        else:
+            out16[i] = 0
+    return overloads
+
+
+def _adu_ints(values, gain, adc, clip16, bits):
+    n = values.shape[0]
+    u16, u32 = np.empty(n, np.uint16), np.empty(n, np.uint32)
+    over = _adu_ints_k(values, float(gain), float(adc), bool(clip16), int(bits), u16, u32)
+    return u16, u32, int(over)
 
 
 _prange = range
-_KERNELS = ("_photon_noise_k", "_readout_k", "_psf_radius_k", "_psf_gather_k")
+_KERNELS = ("_photon_noise_k", "_readout_k", "_psf_radius_k", "_psf_target", "_psf_row", "_psf_gather_k",
+            "_adu_ints_k")
 _JIT_LOCK = threading.Lock()
 _JIT_DONE = False
 _JIT_ON = False
@@ -368,10 +402,11 @@ def noisify_c(image: np.ndarray, p: NoisifyParams) -> NoisifyResult:
     if not p.noise and p.psf and p.psf_fwhm > 0.0:
         say("  applying PSF to noiseless image width = %s pixels" % _g(p.psf_fwhm / p.pixel_size))
         photons = _psf_c(photons, p, say)
-    u16, u32, _ = to_adu_ints(photons.astype(np.float64) * p.gain + p.adc, p.bits, clip16=True)
+    _enable_jit()
+    u16, u32, _ = _adu_ints(photons, p.gain, p.adc, True, p.bits)
     shape = (p.ypixels, p.xpixels)
     int_adu = (u16 if p.bits == 16 else u32).reshape(shape)
-    pgm = np.minimum(u16, 255).astype(np.uint8).reshape(shape)
+    pgm = np.minimum(u16, np.uint16(255)).astype(np.uint8).reshape(shape)
     if not p.noise:
         return NoisifyResult(photons.reshape(shape), int_adu, pgm, None, report)
 
@@ -389,7 +424,7 @@ def noisify_c(image: np.ndarray, p: NoisifyParams) -> NoisifyResult:
         counts = _psf_c(counts, p, say)
     adu = np.empty(flat.shape[0], dtype=np.float64)
     total = _readout_k(counts, float(p.gain), float(p.adc), float(p.readout), ist, fst, seed, adu)
-    u16, u32, overloads = to_adu_ints(adu, p.bits, clip16=False)
+    u16, u32, overloads = _adu_ints(adu, 1.0, 0.0, False, p.bits)
     say("%.0f photons on noise image (%d overloads)" % (total, overloads))
     noise_adu = (u16 if p.bits == 16 else u32).reshape(shape)
     del jit

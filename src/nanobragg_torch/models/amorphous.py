@@ -69,6 +69,9 @@ class StolTable:
             i = int(np.nonzero(d < 0)[0][0])
             raise StolTableError(f"{name}: stol values must increase ({s[i]:g} then {s[i + 1]:g}, rows "
                                  f"{i + 1} and {i + 2})")
+        if np.any(np.isinf(f)):
+            i = int(np.nonzero(np.isinf(f))[0][0])
+            raise StolTableError(f"{name}: F must be finite (row {i + 1})")
         # the C treats missing F values as zero
         f = np.where(np.isnan(f), 0.0, f)
         self.name = name
@@ -85,7 +88,7 @@ class StolTable:
         first value is not a number is an error naming the file and line.
         """
         import re
-        from ..cutil import c_atof, is_number
+        split = re.compile(r"[ \t,;:!\r\n]+").split
         rows = []
         try:
             with open(path, "r") as fh:
@@ -98,12 +101,16 @@ class StolTable:
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
-            toks = [t for t in re.split(r"[ \t,;:!\r\n]+", text) if t]
-            for k, t in enumerate(toks[:2]):
-                if not is_number(t):
-                    raise StolTableError(f"{path}:{n}: field {k + 1}: not a number: {t!r}")
-            vals = [c_atof(t) for t in toks[:2]] + [math.nan] * (2 - len(toks[:2]))
-            rows.append(vals)
+            toks = [t for t in split(text) if t][:2]
+            vals = []
+            for k, t in enumerate(toks):
+                try:
+                    if "_" in t:
+                        raise ValueError
+                    vals.append(float(t))
+                except ValueError:
+                    raise StolTableError(f"{path}:{n}: field {k + 1}: not a number: {t!r}") from None
+            rows.append(vals + [math.nan] * (2 - len(vals)))
         if not rows:
             raise StolTableError(f"{path}: no data in the table")
         a = np.array(rows, dtype=np.float64)
