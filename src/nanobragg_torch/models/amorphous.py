@@ -87,33 +87,15 @@ class StolTable:
         the C's ``-4stol``) or "Q" (4 pi sin(theta)/lambda, ``-Q``).  A line whose
         first value is not a number is an error naming the file and line.
         """
-        import re
-        split = re.compile(r"[ \t,;:!\r\n]+").split
-        rows = []
+        from ..io.errors import InputFileError
+        from ..io.textcolumns import read_columns
         try:
-            with open(path, "r") as fh:
-                lines = fh.readlines()
-        except OSError as e:
-            raise StolTableError(f"{path}: cannot read ({e.strerror})") from None
-        except UnicodeDecodeError:
-            raise StolTableError(f"{path}: not a text file") from None
-        for n, line in enumerate(lines, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            toks = [t for t in split(text) if t][:2]
-            vals = []
-            for k, t in enumerate(toks):
-                try:
-                    if "_" in t:
-                        raise ValueError
-                    vals.append(float(t))
-                except ValueError:
-                    raise StolTableError(f"{path}:{n}: field {k + 1}: not a number: {t!r}") from None
-            rows.append(vals + [math.nan] * (2 - len(vals)))
-        if not rows:
+            rows = read_columns(path, 2, min_fields=1, what="stol table", layout="stol F")
+        except InputFileError as e:
+            raise StolTableError(str(e)) from None
+        if len(rows) == 0:
             raise StolTableError(f"{path}: no data in the table")
-        a = np.array(rows, dtype=np.float64)
+        a = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
         if units not in STOL_UNITS:
             raise ValueError(f"units must be one of {sorted(STOL_UNITS)}, got {units!r}")
         return cls(a[:, 0] * STOL_UNITS[units], a[:, 1], name=path)
