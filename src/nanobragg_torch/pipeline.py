@@ -13,12 +13,13 @@ Stages, each a function:
 * :func:`prepare_setup` -- the device check, the float64 geometry
   (:func:`.simulator.prepare`) and the per-pixel work check;
 * :func:`make_problem` -- the engine's render problem (any dtype);
+* :func:`check_backend` -- the ``-backend`` asked for can take the problem;
 * :func:`render_problem` -- the only call of the engine's renderer from a set-up;
 * :func:`finish` -- the float32 image and the C program's statistics;
 * :class:`OutputImages` -- the images the C program writes (float, scaled
   integer, PGM, noise, PNG) computed from the float image, each once.
 
-:func:`run_setup` chains prepare -> problem -> render -> finish, with optional
+:func:`run_setup` chains prepare -> problem -> backend check -> render -> finish, with optional
 hooks between the stages (the CLI prints its report there and writes the
 structure-factor dump; the trace runs on the problem).  Heavy modules (torch,
 the engine) are imported inside the functions, so that importing this module
@@ -34,8 +35,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 
 __all__ = ["ImageStats", "Rendered", "Hooks", "OutputImages", "setup_from_args", "check_device",
-           "prepare_setup", "make_problem", "render_problem", "finish", "run_setup", "render_args",
-           "image_statistics", "count_evaluations", "MAX_WORK_PER_PIXEL", "MAX_DETECTOR_DISTANCE"]
+           "prepare_setup", "make_problem", "check_backend", "render_problem", "finish", "run_setup", "render_args",
+           "image_statistics", "with_image", "count_evaluations", "MAX_WORK_PER_PIXEL", "MAX_DETECTOR_DISTANCE"]
 
 #: one pixel's evaluations beyond which the engine cannot hold a chunk in memory
 MAX_WORK_PER_PIXEL = 1 << 25
@@ -125,13 +126,28 @@ def make_problem(st, prep, dtype: Optional[str] = None):
     return build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, options)
 
 
+def check_backend(st, pb) -> None:
+    """A ``-backend`` that cannot take the problem is the user's error (exit 2, before any file)."""
+    from .backends import BackendError, select
+    from .cli.flags import FlagError
+    try:
+        select(pb, st.options.backend)
+    except BackendError as e:
+        raise FlagError(str(e)) from None
+
+
 def render_problem(st, pb, progress: Optional[Callable[[int, int], None]] = None):
-    """Render ``pb`` with the set-up's options (no gradients): the engine's :class:`RenderResult`."""
+    """Render ``pb`` with the set-up's options (no gradients): the engine's :class:`RenderResult`.
+
+    The backend is ``st.options.backend`` (``-backend``); ``result.backend`` names the one
+    that rendered.
+    """
     import torch
     from .engine import render
     opts = st.options
     with torch.no_grad():
-        return render(pb, opts.max_chunk_elements, progress=progress, compiled=opts.compile)
+        return render(pb, opts.max_chunk_elements, progress=progress, compiled=opts.compile,
+                      backend=opts.backend)
 
 
 # ---------------------------------------------------------------------------
@@ -221,6 +237,15 @@ def finish(st, prep, pb, res) -> Rendered:
     return Rendered(setup=st, prepared=prep, problem=pb, result=res, image=img32, stats=stats, nonfinite=bad)
 
 
+def with_image(done: Rendered, image: np.ndarray) -> Rendered:
+    """``done`` with another float image (e.g. a background added) and that image's statistics."""
+    from dataclasses import replace
+    img32 = np.ascontiguousarray(image, dtype=np.float32)
+    stats = image_statistics(img32, done.prepared.pixels.cpu().numpy(), done.setup.detector.roi)
+    bad = int(img32.size - np.count_nonzero(np.isfinite(img32)))
+    return replace(done, image=img32, stats=stats, nonfinite=bad)
+
+
 # ---------------------------------------------------------------------------
 # the chain
 # ---------------------------------------------------------------------------
@@ -234,12 +259,13 @@ class Hooks:
 
 
 def run_setup(st, hooks: Optional[Hooks] = None) -> Rendered:
-    """prepare -> problem -> render -> finish, with ``hooks`` between the stages."""
+    """prepare -> problem -> backend check -> render -> finish, with ``hooks`` between the stages."""
     hooks = hooks or Hooks()
     prep = prepare_setup(st)
     if hooks.prepared is not None:
         hooks.prepared(st, prep)
     pb = make_problem(st, prep)
+    check_backend(st, pb)
     if hooks.problem is not None:
         hooks.problem(st, prep, pb)
     res = render_problem(st, pb, progress=hooks.progress)
@@ -311,6 +337,10 @@ class OutputImages:
             self._cache["noise"] = st.rng.noise_image(self.rendered.image, SeedStream(st.noise_seed),
                                                       st.detector.roi, st.flags.adc_offset)
         return self._cache["noise"]
+
+    def set_noise(self, image: np.ndarray, photons: float, overloads: int) -> None:
+        """Use ``image`` as the noise image (the dataset runner's detector response model)."""
+        self._cache["noise"] = (image, photons, overloads)
 
     @property
     def noise(self) -> np.ndarray:

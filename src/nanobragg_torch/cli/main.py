@@ -339,13 +339,14 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
     def prepared(st, prep):
         _print_setup(out, st, prep)
         out.flush()
-        if st.write_dump:
-            writer.write("dump", write_fdump, st.hkl)
+
+    def problem(st, prep, pb):
+        # after the backend check (a -backend that cannot take the problem is exit 2 before any file)
         if f.progress_meter and hasattr(err, "isatty") and err.isatty():
             from ..tools.progress import ProgressBar
             hooks.progress = ProgressBar(err)
-
-    def problem(st, prep, pb):
+        if st.write_dump:
+            writer.write("dump", write_fdump, st.hkl)
         if f.trace_pixel is not None:
             from ..tools.trace import trace_pixel
             trace_pixel(st, prep, pb, out, json_path=(path(f.trace_json) if f.trace_json else None))

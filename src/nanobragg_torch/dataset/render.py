@@ -79,7 +79,7 @@ def output_kind(fmt: str, noise: bool) -> str:
 
 
 def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd: str = ".",
-                 device: str = "cpu", file_name: str = "frame"):
+                 device: str = "cpu", file_name: str = "frame", realism: Optional[Dict[str, Any]] = None):
     """Render one frame; returns ``(file bytes, device used, stats)``.
 
     The bytes are what ``nanoBragg ARGS`` writes for the image
@@ -93,13 +93,32 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
     kind = output_kind(fmt, noise)
     device = resolve_device(device)
     argv = list(args) + (["-device", device] if device != "cpu" else [])
-    done = pipeline.run_setup(pipeline.setup_from_args(argv, cwd=cwd))
+    st = pipeline.setup_from_args(argv, cwd=cwd)
+    done = pipeline.run_setup(st)
+    realism = realism or {}
+    if realism.get("background"):
+        from .realism import add_background
+        done = pipeline.with_image(done, add_background(done.image, st, realism["background"]))
     images = pipeline.OutputImages(done)
     stats: Dict[str, Any] = {"max_I": done.stats.max_I, "mean": done.stats.mean, "rms": done.stats.rms}
     if kind == "int":
         stats["intfile_scale"] = images.int_scale
     elif kind == "noise":
+        if realism.get("detector"):
+            from .realism import detector_noise
+            image = detector_noise(done.image, st.noise_seed, realism["detector"], st.detector.pixel_size)
+            images.set_noise(image, float(done.image.astype(np.float64).sum()), int((image == 65535).sum()))
         stats.update(photons=images.photons, overloads=images.overloads)
+
+    if fmt == "float":
+        data = np.ascontiguousarray(images.image(kind), dtype="<f4").tobytes()
+    else:
+        # through the CLI's writer, in a private folder (the file's base name: CBF records it)
+        with tempfile.TemporaryDirectory(prefix="nbds-") as tmp:
+            path = os.path.join(tmp, os.path.basename(file_name))
+            images.write(path, kind, fmt)
+            with open(path, "rb") as fh:
+                data = fh.read()
 
     if fmt == "float":
         data = np.ascontiguousarray(images.image(kind), dtype="<f4").tobytes()
@@ -114,7 +133,8 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
     return data, device, stats
 
 
-def render_batch(jobs: Sequence[FrameJob], fmt: str, noise: bool, cwd: str, device: str) -> List[RenderedFrame]:
+def render_batch(jobs: Sequence[FrameJob], fmt: str, noise: bool, cwd: str, device: str,
+                 realism: Optional[Dict[str, Any]] = None) -> List[RenderedFrame]:
     """Render several frames in this process, one after another (a Dask task).
 
     Any frame's failure raises (the task is then retried or reported); the
@@ -124,7 +144,7 @@ def render_batch(jobs: Sequence[FrameJob], fmt: str, noise: bool, cwd: str, devi
     worker = _worker_name()
     for job in jobs:
         t0 = time.perf_counter()
-        data, dev, stats = render_frame(job.args, fmt, noise, cwd, device, job.file)
+        data, dev, stats = render_frame(job.args, fmt, noise, cwd, device, job.file, realism)
         out.append(RenderedFrame(index=job.index, file=job.file, data=data,
                                  sha256=hashlib.sha256(data).hexdigest(), device=dev,
                                  seconds=time.perf_counter() - t0, worker=worker, stats=stats))
