@@ -11,8 +11,11 @@ from .config import (BeamConfig, CrystalConfig, DetectorConfig, SimulationOption
 from .models import Beam, Crystal, Detector, StructureFactors
 from .simulator import SimulationResult, Simulator, simulate
 from .api import Setup, from_args
+from .noisify import Noisify, noisify
+from .models.amorphous import AmorphousSample, AmorphousScatter, StolTable, amorphous_image
 
 __all__ = ["BeamConfig", "CrystalConfig", "DetectorConfig", "SimulationOptions",
            "StructureFactorConfig", "Beam", "Crystal", "Detector", "StructureFactors",
-           "SimulationResult", "Simulator", "simulate", "Setup", "from_args"]
+           "SimulationResult", "Simulator", "simulate", "Setup", "from_args",
+           "noisify", "Noisify", "StolTable", "AmorphousSample", "AmorphousScatter", "amorphous_image"]
 __version__ = "0.1.0"

@@ -116,11 +116,36 @@ RULES: List[Rule] = (
 )
 
 
+#: nonBragg's meaning of the shared rules (their nanoBragg help texts speak of crystals)
+HELP = {
+    "-samplesize": "sample size along all three axes (mm, default 0.1)",
+    "-sample_thick": "sample thickness along the beam (mm)",
+    "-sample_width": "sample width (mm; clipped to -beamsize)",
+    "-sample_height": "sample height (mm; clipped to -beamsize)",
+    "-density": "sample density (g/cm^3, default 1)",
+    "-stol": "F vs sin(theta)/lambda table (1/A); # and blank lines skipped",
+    "-4stol": "the table's first column is 4 sin(theta)/lambda",
+    "-Q": "the table's first column is Q = 4 pi sin(theta)/lambda",
+    "-sourcefile": "sources: X Y Z (m) I lambda (m) per line",
+    "-floatfile": "float image output (default floatimage.bin)",
+    "-intfile": "SMV output scaled to 55000 at max (default intimage.img)",
+    "-noisefile": "SMV output with Poisson noise (default noiseimage.img)",
+    "-scale": "scale of the SMV image (default 55000/max)",
+    "-seed": "noise seed (default: the clock)",
+    "-adc": "ADC offset of the SMV images (default 40)",
+    "-oversample": "sub-pixels per pixel side",
+    "-roi": "render only xmin xmax ymin ymax (pixels)",
+    "-polar": "Kahn polarization factor (default 0: unpolarized)",
+}
+
+
 def usage_text() -> str:
     lines = ["usage: nonBragg -stol water.stol [options]",
              "Renders the scattering of an amorphous sample (lengths in mm, angles in deg, divergence in mrad).",
              "options:"]
-    return "\n".join(lines + usage_lines(RULES))
+    from dataclasses import replace
+    rules = [replace(r, help=HELP[r.names[0]]) if r.names and r.names[0] in HELP else r for r in RULES]
+    return "\n".join(lines + usage_lines(rules))
 
 
 def parse(argv: List[str]) -> NonBraggFlags:
