@@ -362,31 +362,14 @@ def _body(argv: List[str]) -> int:
                               roi=roi, dtype=dtype, backend="auto")
     fimg = img.to(torch.float32).numpy()
     S, Fp = fimg.shape
-    keep = np.zeros((S, Fp), bool)
-    keep[roi[2]:roi[3] + 1, roi[0]:roi[1] + 1] = True
-    vals = fimg[keep].astype(np.float64)
-    n = max(vals.size, 1)
-    max_I = max(0.0, float(vals.max(initial=0.0)))
-    avg = float(vals.sum()) / n
-    rms = math.sqrt(float((vals * vals).sum()) / max(n - 1, 1))
-    rmsd = math.sqrt(float(((vals - avg) ** 2).sum()) / max(n - 1, 1))
+    from ..physics.amorphous_kernel import image_outputs
+    max_I, avg, rms, rmsd, iscale, pscale, intimg, pgm = image_outputs(fimg, roi, f.intfile_scale,
+                                                                       f.adc_offset, f.pgm_scale)
     say("writing %s as %d 4-byte floats" % (f.floatfilename, S * Fp))
     say("max_I = %s" % _g(max_I))
     say("mean= %s rms= %s rmsd= %s" % (_g(avg), _g(rms), _g(rmsd)))
-    iscale = f.intfile_scale
-    if iscale <= 0.0:
-        iscale = 55000.0 / max_I if max_I > 0.0 else 1.0
     say("intfile_scale = %s" % _g(iscale))
-    test = fimg.astype(np.float64) * iscale + f.adc_offset
-    test = np.clip(test, 0.0, 65535.0)
-    intimg = np.where(keep, np.floor((test + 0.5).astype(np.float32)), 0).astype(np.uint16)
-    pscale = f.pgm_scale
-    if pscale <= 0.0:
-        pscale = 250.0 / (5.0 * rmsd) if rmsd > 0.0 else iscale
     say("pgm_scale = %s" % _g(pscale))
-    from ..io.smv import c_cast_unsigned
-    pv = np.minimum(fimg.astype(np.float64) * pscale, 255.0)
-    pgm = np.where(keep, c_cast_unsigned(pv, 8), 0).astype(np.uint8)
     header = _header(f, geo, m["fpixels"], m["spixels"], m["osc"])
     noise = None
     if f.calculate_noise:
