@@ -80,7 +80,12 @@ def test_simulate_gradients_take_torch():
     res = simulate(Crystal(cell=(100, 100, 100, RIGHT, RIGHT, RIGHT), N=3),
                    Detector(fpixels=8, spixels=8, distance=d), Beam(wavelength=6.2e-10), StructureFactors(default_F=10))
     res.image.sum().backward()
-    assert d.grad is not None and torch.isfinite(d.grad)
+    assert d.grad is not None and torch.isfinite(d.grad) and res.backend == "torch"
+    with torch.no_grad():
+        res = simulate(Crystal(cell=(100, 100, 100, RIGHT, RIGHT, RIGHT), N=3),
+                       Detector(fpixels=8, spixels=8, distance=d), Beam(wavelength=6.2e-10),
+                       StructureFactors(default_F=10))
+    assert res.backend == ("fused" if fused_cpu.available()[0] else "torch")
 
 
 def test_interpolation_and_carryover_route_to_torch():
