@@ -39,7 +39,7 @@ static inline REAL NB_FN(rint_fast)(REAL x)
     return NB_RINT(x);
 }
 
-#define NB_LANES 16   /* fused_cpu.py reads it through nb_lanes() */
+/* NB_LANES (pixels per block) is set by fused_cpu.c for each precision */
 
 typedef struct {
     REAL fdet[3], sdet[3], odet[3], pix0[3], beam[3];
