@@ -132,7 +132,7 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
         cli.check_work(st, prep)
     pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
     with torch.no_grad():
-        res = render(pb, st.options.max_chunk_elements, compiled=st.options.compile)
+        res = render(pb, st.options.max_chunk_elements, compiled=st.options.compile, backend=st.options.backend)
     img32 = res.image.detach().to("cpu", torch.float64).numpy().astype(np.float32)
     realism = realism or {}
     if realism.get("background"):
