@@ -37,7 +37,7 @@ import datetime
 
 import numpy as np
 
-__all__ = ["write_nexus", "read_nexus", "nexus_geometry", "DETECTOR", "MODULE", "NO_THICKNESS_M"]
+__all__ = ["write_nexus", "read_nexus", "nexus_geometry", "stack_nexus", "DETECTOR", "MODULE", "NO_THICKNESS_M"]
 
 DETECTOR = "/entry/instrument/detector"
 MODULE = DETECTOR + "/module"
@@ -83,10 +83,12 @@ def _need(meta: dict, *keys):
 
 
 def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
-    """Write ``image`` (slow, fast) as a one-frame NXmx file, atomically.
+    """Write ``image`` (slow, fast) as a one-frame NXmx file, or a stack (frames, slow, fast) as a
+    rotation sweep in one file, atomically.
 
     Integer images are stored as int32 (counts), others as float32.
-    ``meta`` is a :func:`~.formats.frame_metadata` dictionary.
+    ``meta`` is a :func:`~.formats.frame_metadata` dictionary; frame ``i`` of
+    a stack starts at ``phi_start_deg + i * osc_range_deg``.
     """
     import h5py
 
@@ -94,7 +96,12 @@ def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
 
     _need(meta, "pixel_size_m", "wavelength_m", "fdet", "sdet", "pix0_m", "beam_vector")
     img = np.asarray(image)
-    S, F = img.shape
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3 or 0 in img.shape:
+        from .formats import FormatError
+        raise FormatError(f"NeXus image must be (slow, fast) or (frames, slow, fast), got shape {img.shape}")
+    N, S, F = img.shape
     is_int = np.issubdtype(img.dtype, np.integer)
     if is_int:
         from .cbf import cbf_counts
@@ -132,7 +139,7 @@ def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
         _num(beam, "incident_wavelength", float(meta["wavelength_m"]) * 1e10, "angstrom")
 
         det = _group(inst, "detector", "NXdetector")
-        dset = det.create_dataset("data", data=data.reshape(1, S, F), chunks=(1, S, F),
+        dset = det.create_dataset("data", data=data.reshape(N, S, F), chunks=(1, S, F),
                                   compression="gzip", compression_opts=4, shuffle=True)
         if is_int:
             dset.attrs["units"] = "counts"
@@ -181,9 +188,10 @@ def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
         strans = _group(sample, "transformations", "NXtransformations")
         phi0 = float(meta.get("phi_start_deg", 0.0))
         osc = float(meta.get("osc_range_deg", 0.0))
-        _axis(strans, "phi", [phi0], "rotation", spindle, ".", "deg")
+        starts = [phi0 + i * osc for i in range(N)]
+        _axis(strans, "phi", starts, "rotation", spindle, ".", "deg")
         _num(strans, "phi_increment_set", osc, "deg")
-        _num(strans, "phi_end", [phi0 + osc], "deg")
+        _num(strans, "phi_end", [x + osc for x in starts], "deg")
         sample["beam"] = beam                 # NXmx 2020+: the beam also under the sample
 
         data_group = _group(entry, "data", "NXdata")
@@ -312,3 +320,57 @@ def read_nexus(path: str, frame: int = 0):
             if m.shape == image.shape:
                 mask = m != 0
     return nexus_geometry(path), image, mask
+
+
+def stack_nexus(paths, out: str) -> None:
+    """Join one-frame NXmx files of the same detector into one rotation-sweep file ``out``, atomically.
+
+    The files must have the same image shape and consecutive spindle angles
+    ``phi_i = phi_0 + i * osc`` (``osc`` the first file's increment); the
+    geometry, mask and everything else come from the first file.  Raises
+    ValueError naming the file that does not fit.
+    """
+    import h5py
+
+    from .formats import atomic_path
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("stack_nexus: no input files")
+    frames, starts = [], []
+    geo0 = None
+    for p in paths:
+        geo, image, _ = read_nexus(p)
+        if geo0 is None:
+            geo0 = geo
+        elif image.shape != frames[0].shape:
+            raise ValueError(f"{p}: image shape {image.shape} differs from {paths[0]}'s {frames[0].shape}")
+        frames.append(image)
+        starts.append(float(geo.get("phi_start_deg", 0.0)))
+    osc = float(geo0.get("osc_range_deg", 0.0))
+    for i, (p, phi) in enumerate(zip(paths, starts)):
+        if abs(phi - (starts[0] + i * osc)) > 1e-6:
+            raise ValueError(f"{p}: spindle angle {phi:g} deg is not {starts[0] + i * osc:g} "
+                             f"(frames must follow each other by {osc:g} deg)")
+    stack = np.stack(frames)
+    with atomic_path(out) as tmp:
+        with h5py.File(paths[0], "r") as src, h5py.File(tmp, "w") as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            for name in src:
+                src.copy(src[name], dst, name=name, expand_soft=False)
+            det = dst[DETECTOR]
+            attrs = dict(det["data"].attrs)
+            del dst["/entry/data/data"]
+            del det["data"]
+            dset = det.create_dataset("data", data=stack, chunks=(1,) + stack.shape[1:],
+                                      compression="gzip", compression_opts=4, shuffle=True)
+            for key, value in attrs.items():
+                dset.attrs[key] = value
+            dst["/entry/data/data"] = dset
+            strans = dst["/entry/sample/transformations"]
+            phi_attrs = dict(strans["phi"].attrs)
+            del strans["phi"], strans["phi_end"]
+            phi = strans.create_dataset("phi", data=np.asarray(starts, dtype="f8"))
+            for key, value in phi_attrs.items():
+                phi.attrs[key] = value
+            _num(strans, "phi_end", [x + osc for x in starts], "deg")
