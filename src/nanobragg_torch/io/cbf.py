@@ -22,10 +22,12 @@ from it); for any other geometry the file keeps these nearest faithful values,
 :func:`write_cbf` prints a one-line warning on stderr, and the exact geometry
 is in the ``# nanoBragg_...`` lines (and in a NeXus file).
 
-Sensor thickness: with no thickness in the simulation (``-detector_thick 0``)
-the sensor line is left out, so dxtbx models the pixels without parallax
-(``SimplePxMmStrategy``); with a thickness it writes ``# Silicon sensor,
-thickness T m`` and dxtbx corrects for parallax in silicon.
+Sensor thickness: ``# Silicon sensor, thickness T m`` holds the simulation's
+``-detector_thick``.  With no thickness in the simulation (the default) it
+holds 1e-09 m (:data:`.nexus.NO_THICKNESS_M`): dxtbx then reads a pixel-array
+sensor (as the NeXus file says), and the parallax correction it always applies
+to silicon (which asserts a thickness > 0) moves no spot by more than 1e-5
+pixel.  The reader (:func:`cbf_geometry`) gives that value back as 0.
 """
 from __future__ import annotations
 
@@ -127,9 +129,9 @@ def pilatus_header(meta: dict, count_cutoff: int) -> str:
     if "pixel_size_m" in meta:
         px = float(meta["pixel_size_m"])
         lines.append(f"# Pixel_size {_g(px)} m x {_g(px)} m")
+    from .nexus import NO_THICKNESS_M
     thick = float(meta.get("sensor_thickness_m", 0.0))
-    if thick > 0.0:
-        lines.append(f"# Silicon sensor, thickness {thick:.9g} m")
+    lines.append(f"# Silicon sensor, thickness {thick if thick > 0.0 else NO_THICKNESS_M:.9g} m")
     exposure = float(meta.get("exposure_s", 1.0))
     lines.append(f"# Exposure_time {_g(exposure)} s")
     lines.append(f"# Exposure_period {_g(exposure)} s")
@@ -228,6 +230,10 @@ def read_cbf(path: str) -> Tuple[Dict[str, str], np.ndarray]:
     Raises ValueError naming the file when it is not a readable CBF.
     """
     import fabio
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"###CBF":
+        raise ValueError(f"{path}: not a CBF file (it does not start with '###CBF')")
     try:
         im = fabio.open(os.fspath(path))
     except OSError as e:
@@ -284,8 +290,10 @@ def cbf_geometry(header: Dict[str, str], path="CBF") -> dict:
     if "Angle_increment" in header:
         out["osc_range_deg"] = _first_float(header["Angle_increment"], "Angle_increment", path)
     if "Silicon" in header:
+        from .nexus import NO_THICKNESS_M
         toks = header["Silicon"].split()
-        out["sensor_thickness_m"] = float(toks[2]) if len(toks) > 2 else 0.0
+        thick = float(toks[2]) if len(toks) > 2 else 0.0
+        out["sensor_thickness_m"] = 0.0 if thick <= NO_THICKNESS_M else thick
     if "Exposure_time" in header:
         out["exposure_s"] = _first_float(header["Exposure_time"], "Exposure_time", path)
     return out

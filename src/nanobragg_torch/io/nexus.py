@@ -283,6 +283,8 @@ def nexus_geometry(path: str) -> dict:
                 out["nanobragg_" + key] = v.decode() if isinstance(v, bytes) else np.asarray(v).tolist()
             if "sensor_thickness_m" in fh["/entry/nanobragg"]:
                 out["sensor_thickness_m"] = float(_scalar(fh["/entry/nanobragg/sensor_thickness_m"]))
+        elif out.get("sensor_thickness_m", 0.0) <= NO_THICKNESS_M:
+            out["sensor_thickness_m"] = 0.0
     return out
 
 
