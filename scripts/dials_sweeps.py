@@ -28,7 +28,8 @@ import sys
 import numpy as np
 
 CELL = (57.0, 68.0, 79.0, 90.0, 90.0, 90.0)
-COMMON = ["-cell", *map(str, CELL), "-misset", "10", "20", "30", "-default_F", "100", "-N", "7", "-lambda", "1", "-osc", "1",
+COMMON = ["-cell", *map(str, CELL), "-misset", "10", "20", "30", "-default_F", "100", "-N", "10",
+          "-gauss_xtal", "-lambda", "1", "-osc", "1",
           "-phisteps", "3", "-oversample", "1", "-pixel", "0.172", "-detpixels_f", "487",
           "-detpixels_s", "619"]
 CASES = {
