@@ -2,7 +2,8 @@
 """Render rotation sweeps with nanoBragg and process them with DIALS: import, find spots, index.
 
 For each geometry (beam centred, beam off-centre, tilted detector) the script
-renders FRAMES frames of 1 degree of an orthorhombic 57 x 68 x 79 A cell,
+renders FRAMES frames of 1 degree of an orthorhombic 57 x 68 x 79 A cell
+(Gaussian spots, ten cells across, on a 256 x 240 pixel detector of 172 um pixels),
 written as CBF (the integer image) and as NeXus (the noise image; the frames
 joined into one sweep file with ``nanobragg_torch.io.nexus.stack_nexus``),
 then runs ``dials.import``, ``dials.find_spots`` and ``dials.index`` on each
@@ -30,12 +31,12 @@ import numpy as np
 CELL = (57.0, 68.0, 79.0, 90.0, 90.0, 90.0)
 COMMON = ["-cell", *map(str, CELL), "-misset", "10", "20", "30", "-default_F", "100", "-N", "10",
           "-gauss_xtal", "-lambda", "1", "-osc", "1",
-          "-phisteps", "3", "-oversample", "1", "-pixel", "0.172", "-detpixels_f", "487",
-          "-detpixels_s", "619"]
+          "-phisteps", "3", "-oversample", "1", "-pixel", "0.172", "-detpixels_f", "256",
+          "-detpixels_s", "240"]
 CASES = {
-    "centred": ["-distance", "200"],
-    "offcentre": ["-distance", "200", "-Xbeam", "30", "-Ybeam", "20"],
-    "tilted": ["-distance", "200", "-Xbeam", "50", "-Ybeam", "40", "-detector_rotx", "5", "-twotheta", "15"],
+    "centred": ["-distance", "120"],
+    "offcentre": ["-distance", "120", "-Xbeam", "14", "-Ybeam", "27"],
+    "tilted": ["-distance", "120", "-Xbeam", "30", "-Ybeam", "25", "-detector_rotx", "5", "-twotheta", "15"],
 }
 
 #: prints the beam centre (px) and, for an indexed file, the cell, from dxtbx's models

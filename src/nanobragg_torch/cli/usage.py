@@ -8,7 +8,11 @@ FLAG_TABLE = [
     ("-mat", "FILE", "", "MOSFLM A matrix (reciprocal vectors x wavelength)"),
     ("-misset", "rx ry rz | random", "deg; none", "misset rotations about x, y, z, or a random orientation"),
     ("-misset_seed", "N", "time", "seed of the random orientation"),
-    ("-hkl", "FILE", "", "h k l F text file (P1, no symmetry applied); writes the -dump cache"),
+    ("-hkl", "FILE", "", "h k l F text file (P1, no symmetry applied), or .mtz / .cif structure factors "
+                         "(expanded to P1, needs gemmi); writes the -dump cache"),
+    ("-mtz_column", "LABEL", "FC, FP, F, ...", "amplitude column of an MTZ (or _refln item of an mmCIF) -hkl file"),
+    ("-pdb", "FILE", "", "atomic model (PDB or mmCIF): F computed with gemmi, electrons, F000 included, "
+                         "to -dmin or the detector's corner"),
     ("-dump", "FILE", "Fdump.bin", "binary structure-factor cache, read when -hkl is absent"),
     ("-default_F", "F", "0", "structure factor of every reflection not in the file"),
     ("-N / -Na -Nb -Nc", "n", "1", "unit cells along each axis"),
