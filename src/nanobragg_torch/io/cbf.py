@@ -112,12 +112,13 @@ def _g(x, fmt="%.6g") -> str:
 
 
 def _timestamp(meta: dict) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.mmm`` (UTC): meta's ``timestamp``, $SOURCE_DATE_EPOCH, or now."""
+    """``YYYY-MM-DDTHH:MM:SS.mmm`` (UTC): meta's ``timestamp``, else $SOURCE_DATE_EPOCH, else the
+    Unix epoch -- a simulated frame has no acquisition time, and the same run must write the same
+    file (dxtbx reads the epoch 0 it reads when the line is absent)."""
     when = meta.get("timestamp")
     if when is None:
-        epoch = os.environ.get("SOURCE_DATE_EPOCH")
-        when = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch and \
-            epoch.isdigit() else datetime.datetime.now(datetime.timezone.utc)
+        epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
+        when = datetime.datetime.fromtimestamp(int(epoch) if epoch.isdigit() else 0, datetime.timezone.utc)
     if isinstance(when, datetime.datetime):
         return when.strftime("%Y-%m-%dT%H:%M:%S.") + "%03d" % (when.microsecond // 1000)
     return str(when)
