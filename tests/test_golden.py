@@ -1,8 +1,9 @@
 """Golden parity: every case of ../shared/golden rendered by the CLI and compared with the C images.
 
 Acceptance (issue 2): float64 images match float.bin with correlation >= 0.999999 and
-max |diff| <= 1e-4 max |ref|; with -phi_carryover c the cases that keep
-c_legacy_float.bin match it; SMV/noise/PGM files match where the suite keeps them.
+max |diff| <= 1e-4 max |ref|; with -c_legacy (the unmodified C program's bugs) the cases
+that keep c_legacy_float.bin match it, and -phi_carryover c alone still reproduces the
+carry-over cases; SMV/noise/PGM files match where the suite keeps them.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def _compare(ref, got, strict=True):
 
 def test_suite_present():
     g = golden_dir()
-    assert len(CASES) == 67, f"expected 67 golden cases in {g}, found {len(CASES)}"
+    assert len(CASES) == 69, f"expected 69 golden cases in {g}, found {len(CASES)}"
+    assert len(LEGACY) == 6, f"expected 6 cases with c_legacy_float.bin, found {LEGACY}"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -42,20 +44,30 @@ def test_float64_parity(golden_runner, case):
     assert corr >= 0.999999 and rel <= 1e-4, f"{case}: corr={corr:.8f} max_rel={rel:.3e}"
 
 
-@pytest.mark.parametrize("case", LEGACY)
-def test_phi_carryover_c_matches_legacy(golden_runner, case):
+def _legacy_parity(golden_runner, case, extra):
     g = golden_dir()
-    _, got, _ = golden_runner.render(case, ("-dtype", "float64", "-phi_carryover", "c"))
+    _, got, _ = golden_runner.render(case, extra)
     ref = np.fromfile(g / case / "c_legacy_float.bin", dtype="<f4")
     corr, rel = _compare(ref, got)
     assert corr >= 0.999999 and rel <= 1e-4, f"{case}: corr={corr:.8f} max_rel={rel:.3e}"
-    # and the default (fixed) image differs from the legacy one, so the switch matters
+    # and the default (corrected) image differs from the legacy one, so the switch matters
     fixed = np.fromfile(g / case / "float.bin", dtype="<f4")
     assert not np.allclose(fixed, ref)
 
 
+@pytest.mark.parametrize("case", LEGACY)
+def test_c_legacy_matches_unmodified_c(golden_runner, case):
+    _legacy_parity(golden_runner, case, ("-dtype", "float64", "-c_legacy"))
+
+
+@pytest.mark.parametrize("case", ["phi0_carryover"])
+def test_phi_carryover_c_matches_legacy(golden_runner, case):
+    # the older, narrower switch: the carry-over alone (the case has no -oversample_* factor)
+    _legacy_parity(golden_runner, case, ("-dtype", "float64", "-phi_carryover", "c"))
+
+
 FLOAT32_CASES = ["simple_cubic_1024", "triclinic_512", "mosaic", "interp_auto", "shape_tophat",
-                 "thickness", "oversample_3_flags", "water", "dispersion", "hkl_p1"]
+                 "thickness", "oversample_3_flags", "oversample_all_thick", "water", "dispersion", "hkl_p1"]
 
 
 @pytest.mark.parametrize("case", [c for c in FLOAT32_CASES if c in CASES])

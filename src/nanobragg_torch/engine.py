@@ -10,8 +10,12 @@ factors follow the reference program's caching rules (see
 ``docs/design.md``): solid angle from the first sub-pixel of the first layer,
 capture fraction from the first sub-pixel of the last layer, polarization from
 the first (sub-pixel, source) pair that survives the d_min cut -- unless the
-matching ``oversample_*`` switch asks for them at every step, in which case the
-running sum is multiplied by the factor after every term.
+matching ``oversample_*`` switch asks for them at every step, in which case each
+term is weighted by its own factor (``I = I_bg + sum term * factor``; I_bg is not
+weighted and the factor is not applied again at the end).  With
+``legacy_oversample`` (``SimulationOptions.c_legacy``) the unmodified C program's
+rule instead: the whole running sum, I_bg included, is multiplied by the factor
+after every term, so the factors compound.
 
 Shapes are named where tensors are built; the flattened evaluation axis of a
 chunk is ordered (pixel, layer, sub_s, sub_f, source, phi, mosaic), the
@@ -89,6 +93,7 @@ class RenderProblem:
     oversample_omega: bool
     pixels: torch.Tensor          # (P,) flat indices of rendered pixels, raster order
     reduced_sincg: bool = False
+    legacy_oversample: bool = False   # the C's compounding -oversample_* rule (c_legacy)
 
 
 @dataclass
@@ -330,6 +335,22 @@ def _constants(pb: RenderProblem, state: RenderState) -> _ChunkConstants:
     return consts
 
 
+def oversampled_factor(pb: RenderProblem, capture, polar_each, omega, shape) -> torch.Tensor:
+    """Product of the factors recomputed at every step (-oversample_thick/_polar/_omega), shape
+    (T, O, O, S, P); factors not asked for, and capture without a sensor thickness or polarization
+    with -nopolar, count as 1 (as in the C program)."""
+    fac = None
+    if pb.oversample_thick and capture is not None:
+        fac = capture.unsqueeze(-2)                                     # (T, O, O, 1, P)
+    if pb.oversample_polar and polar_each is not None:
+        fac = polar_each if fac is None else fac * polar_each            # (T, O, O, S, P)
+    if pb.oversample_omega:
+        fac = omega.unsqueeze(-2) if fac is None else fac * omega.unsqueeze(-2)
+    if fac is None:
+        return torch.ones(shape, dtype=pb.fdet.dtype, device=pb.fdet.device)
+    return fac.expand(shape)
+
+
 def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     """Float image values (P,) and omega sum for the pixels ``pix`` (flat indices).
 
@@ -468,20 +489,20 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     else:
         if F_cell is None:
             term = term * (pb.default_F * pb.default_F)
-        fac = torch.ones((T, O, O, S, P, M), dtype=term.dtype, device=dev)
-        if pb.oversample_thick and capture is not None:   # no sensor thickness: capture = 1 (as the C)
-            fac = fac * capture[:, :, :, None, :, None]
-        if pb.oversample_polar and polar_each is not None:   # -nopolar: polarization = 1 (as the C)
-            fac = fac * polar_each[..., None]
-        if pb.oversample_omega:
-            fac = fac * omega[:, :, :, None, :, None]
-        evaluated = (F2_latt != 0) | pb.water
-        if keep3 is not None:
-            evaluated = evaluated & keep3
-        fac = torch.where(evaluated, fac.reshape(K, P, M), torch.ones_like(term))
-        fac = fac.permute(1, 0, 2).reshape(P, K * M)                   # loop order per pixel
-        suffix = torch.flip(torch.cumprod(torch.flip(fac, [1]), dim=1), [1])   # prod_{e' >= e}
-        I = pb.I_bg * suffix[:, 0] + (term.permute(1, 0, 2).reshape(P, K * M) * suffix).sum(-1)
+        fac = oversampled_factor(pb, capture, polar_each, omega, (T, O, O, S, P))  # (T, O, O, S, P)
+        if not pb.legacy_oversample:
+            # each term weighted by its own factors (terms not evaluated are zero already)
+            I = pb.I_bg + (term * fac.reshape(K, P, 1)).sum(-1).sum(0)
+        else:
+            # the unmodified C: I *= factor after every evaluated term, I_bg included
+            fac = fac.reshape(K, P, 1).expand(K, P, M)
+            evaluated = (F2_latt != 0) | pb.water
+            if keep3 is not None:
+                evaluated = evaluated & keep3
+            fac = torch.where(evaluated, fac, torch.ones_like(term))
+            fac = fac.permute(1, 0, 2).reshape(P, K * M)                   # loop order per pixel
+            suffix = torch.flip(torch.cumprod(torch.flip(fac, [1]), dim=1), [1])   # prod_{e' >= e}
+            I = pb.I_bg * suffix[:, 0] + (term.permute(1, 0, 2).reshape(P, K * M) * suffix).sum(-1)
 
     value = pb.r_e_sqr * pb.fluence * I / pb.steps
     if not pb.oversample_thick and capture_cached is not None:

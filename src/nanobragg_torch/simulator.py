@@ -163,10 +163,11 @@ def build_problem(prep: Prepared, crystal: CrystalLike, detector: DetectorLike, 
     v = lambda model, name: model.value(name, dt, dev)
     geo = prep.geometry
     set_dev = prep.lattice.a.device
-    lat_all = xt.rotated_lattices(prep.lattice, torch.float64, set_dev)
+    carryover = bool(xt.settings.phi_carryover or options.c_legacy)
+    lat_all = xt.rotated_lattices(prep.lattice, torch.float64, set_dev, carryover=carryover)
     lat_first = None
-    if xt.settings.phi_carryover:
-        lat_first = xt.rotated_lattices(prep.lattice, torch.float64, set_dev, first=True)
+    if carryover:
+        lat_first = xt.rotated_lattices(prep.lattice, torch.float64, set_dev, first=True, carryover=True)
         if torch.equal(lat_first, lat_all):
             lat_first = None
     F_grid = None
@@ -195,7 +196,8 @@ def build_problem(prep: Prepared, crystal: CrystalLike, detector: DetectorLike, 
         fluence=v(bm, "fluence"), r_e_sqr=R_E_SQR, steps=prep.steps, I_bg=c(prep.I_bg),
         water=bool(bm.plain("water_size") != 0.0), dmin=float(options.dmin),
         oversample_thick=dc.oversample_thick, oversample_polar=dc.oversample_polar,
-        oversample_omega=dc.oversample_omega, pixels=prep.pixels.to(dev),
+        oversample_omega=dc.oversample_omega, legacy_oversample=bool(options.c_legacy),
+        pixels=prep.pixels.to(dev),
         reduced_sincg=(dt != torch.float64),
     )
 

@@ -157,6 +157,7 @@ class RawFlags:
     device: str = "cpu"
     compile: bool = False                   # -compile: fused kernels (torch.compile)
     phi_carryover: str = "fixed"
+    c_legacy: bool = False
     trace_pixel: Optional[List[int]] = None
     trace_json: Optional[str] = None
     image_format: Optional[str] = None      # -format: smv|cbf|h5|nxs for the integer and noise images
@@ -509,6 +510,7 @@ EXTRA_RULES: List[Rule] = [
     Rule(lambda a: a == "-device", 1, _device, ("-device",), "V"),
     Rule(lambda a: a == "-compile", 0, _setmany(compile=True), ("-compile",), ""),
     Rule(lambda a: a == "-phi_carryover", 1, _carry, ("-phi_carryover",), "K"),
+    Rule(lambda a: a == "-c_legacy", 0, _setmany(c_legacy=True), ("-c_legacy",), ""),
     Rule(lambda a: a == "-trace_pixel", 2, _trace_pixel, ("-trace_pixel",), "ii"),
     Rule(lambda a: a in ("--trace-json", "-trace_json"), 1, _file("trace_json"), ("--trace-json", "-trace_json"), "s"),
     # output formats (issue 6); exact names, and the C rules are not applied to them

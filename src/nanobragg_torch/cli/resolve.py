@@ -494,7 +494,7 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     stol_rows = 0
     if f.stolfilename is not None:
         try:
-            stol = read_columns(path(f.stolfilename), 2)
+            stol = read_columns(path(f.stolfilename), 2, min_fields=2, what="stol table", layout="stol F")
         except InputFileError as e:
             raise InputFileError(f"-stol {e}") from None
         if len(stol) == 0:
@@ -502,7 +502,9 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
         stol_rows = len(stol)
     if f.sourcefilename is not None:
         try:
-            cols = read_columns(path(f.sourcefilename), 5)
+            # X Y Z weight lambda; the C program gives every missing trailing field a default
+            cols = read_columns(path(f.sourcefilename), 5, min_fields=1, what="source file",
+                                layout="X Y Z weight lambda")
         except InputFileError as e:
             raise InputFileError(f"-sourcefile {e}") from None
         if len(cols) == 0:
@@ -536,7 +538,7 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     if hkl is not None:
         sf.grid, sf.hkl_min, sf.hkl_max = hkl.grid, hkl.hkl_min, hkl.hkl_max
     opts = SimulationOptions(dtype=f.dtype, device=f.device, dmin=f.dmin, progress=f.progress_meter,
-                             compile=f.compile)
+                             compile=f.compile, c_legacy=f.c_legacy)
     st = Setup(beam=beam, detector=det, crystal=xtal, structure_factors=sf, options=opts, flags=f,
                rng=rng, noise_seed=seed, hkl=hkl, write_dump=write_dump, report=report, mask=mask,
                interpolate_auto=interp_msg, stol_rows=stol_rows)

@@ -7,21 +7,16 @@ stores it.  Cells not listed in the file hold ``default_F``.
 """
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 
-from ..cutil import c_atof, is_number
+from .errors import InputFileError  # noqa: F401  (re-exported: the readers' error)
+from .text import read_table
 
 
 MAX_INDEX = 1 << 20     # far beyond any real reflection list; keeps grid arithmetic in int64
-
-
-class InputFileError(ValueError):
-    """A malformed input file; the message names the file (and line)."""
 
 
 @dataclass
@@ -37,38 +32,30 @@ class HKLData:
 
 
 def read_hkl(path: str, default_F: float = 0.0) -> HKLData:
-    """Read a text file of ``h k l F`` lines (whitespace separated) into a grid."""
-    try:
-        with open(path, "r") as fh:
-            lines = fh.readlines()
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read HKL file ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise InputFileError(f"{path}: not a text HKL file") from None
-    rows = []
-    for no, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 4:
-            raise InputFileError(f"{path}:{no}: expected 4 columns (h k l F), found {len(fields)}")
-        if not all(is_number(x) for x in fields):
-            bad = next(x for x in fields if not is_number(x))
-            raise InputFileError(f"{path}:{no}: non-numeric field {bad!r}")
-        h, k, l, F = (c_atof(x) for x in fields)   # is_number accepts what atof reads (hex too)
-        for name, v in (("h", h), ("k", k), ("l", l)):
-            if not math.isfinite(v) or v != round(v):
-                raise InputFileError(f"{path}:{no}: Miller index {name}={fields['hkl'.index(name)]} is not an integer")
-            if abs(v) > MAX_INDEX:    # the C stores indices as int; a grid this wide cannot be built anyway
-                raise InputFileError(f"{path}:{no}: Miller index {name}={fields['hkl'.index(name)]} is out of range "
-                                     f"(|index| <= {MAX_INDEX})")
-        if not math.isfinite(F):
-            raise InputFileError(f"{path}:{no}: structure factor {fields[3]!r} is not finite")
-        rows.append((int(h), int(k), int(l), F))
-    if not rows:
+    """Read a text file of ``h k l F`` lines (white-space separated) into a grid.
+
+    Blank and ``#`` lines are skipped; every other line must hold four numbers
+    (read as C's ``atof`` reads them), integral Miller indices and a finite F;
+    anything else is an :class:`InputFileError` naming the file and line.  Later
+    lines win where an index repeats, as in the C program.
+    """
+    table = read_table(path, 4, min_fields=4, max_fields=4, what="HKL file", layout="h k l F")
+    if table.values.shape[0] == 0:
         raise InputFileError(f"{path}: no reflections (empty HKL file)")
-    arr = np.array([r[:3] for r in rows], dtype=np.int64)
-    Fs = np.array([r[3] for r in rows], dtype=np.float64)
+    hkl = table.values[:, :3]
+    Fs = table.values[:, 3]
+    with np.errstate(invalid="ignore"):
+        integral = np.isfinite(hkl) & (hkl == np.round(hkl))
+        in_range = np.abs(hkl) <= MAX_INDEX
+    for ok, why in ((integral, "is not an integer"),
+                    (in_range, f"is out of range (|index| <= {MAX_INDEX})")):
+        if not ok.all():
+            row, col = np.argwhere(~ok)[0]
+            raise InputFileError(f"{path}:{table.lines[row]}: Miller index {'hkl'[col]}={hkl[row, col]:g} {why}")
+    if not np.isfinite(Fs).all():
+        row = int(np.argmax(~np.isfinite(Fs)))
+        raise InputFileError(f"{path}:{table.lines[row]}: structure factor {Fs[row]:g} is not finite")
+    arr = hkl.astype(np.int64)
     lo = arr.min(axis=0)
     hi = arr.max(axis=0)
     rng = hi - lo + 1
@@ -78,9 +65,12 @@ def read_hkl(path: str, default_F: float = 0.0) -> HKLData:
     if default_F != 0.0:
         grid[:rng[0], :rng[1], :rng[2]] = default_F
     idx = arr - lo
-    grid[idx[:, 0], idx[:, 1], idx[:, 2]] = Fs   # later lines win, as in the C
+    flat = np.ravel_multi_index((idx[:, 0], idx[:, 1], idx[:, 2]), grid.shape)
+    _, last = np.unique(flat[::-1], return_index=True)           # the last line of each index wins,
+    keep = len(flat) - 1 - last                                   # as in the C
+    grid.reshape(-1)[flat[keep]] = Fs[keep]
     return HKLData(grid=grid, hkl_min=tuple(int(x) for x in lo), hkl_max=tuple(int(x) for x in hi),
-                   count=len(rows))
+                   count=len(Fs))
 
 
 def write_fdump(path: str, data: HKLData) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cutil import c_atof, is_number
-from .hkl import InputFileError
+from .errors import InputFileError
+from .text import data_lines, number
 
 
 def read_mosflm_matrix(path: str, wavelength_m: float) -> np.ndarray:
@@ -14,25 +14,20 @@ def read_mosflm_matrix(path: str, wavelength_m: float) -> np.ndarray:
     x components of a*, b*, c* (in units of 1/wavelength), line 2 the y and
     line 3 the z components.  The wavelength is divided out.
     """
-    try:
-        with open(path, "r") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read matrix file ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise InputFileError(f"{path}: not a text matrix file") from None
-    # the matrix is the first three non-blank lines, three numbers each (what follows in a
-    # MOSFLM file -- missets, U matrix, cell -- is not used)
-    rows = [(no, line.split()) for no, line in enumerate(text.splitlines(), 1) if line.split()][:3]
+    # the matrix is the first three lines that are neither blank nor comments, three numbers
+    # each (what follows in a MOSFLM file -- missets, U matrix, cell -- is not used)
+    rows = []
+    for no, toks in data_lines(path, "matrix file"):
+        rows.append((no, toks))
+        if len(rows) == 3:
+            break
     nums = []
     for no, toks in rows:
-        bad = next((t for t in toks[:3] if not is_number(t)), None)
-        if bad is not None:
-            raise InputFileError(f"{path}:{no}: non-numeric matrix element {bad!r}")
+        vals = [number(path, no, i, t) for i, t in enumerate(toks)]
         if len(toks) != 3:
             raise InputFileError(f"{path}:{no}: expected 3 numbers (one row of the 3x3 matrix), "
                                  f"found {len(toks)}")
-        nums.extend(c_atof(t) for t in toks)   # as the C reads them (hex floats too)
+        nums.extend(vals)                          # as the C reads them (hex floats too)
     if len(nums) < 9:
         raise InputFileError(f"{path}: expected a 3x3 matrix (3 lines of 3 numbers), found {len(rows)} "
                              f"line{'s' if len(rows) != 1 else ''}")

@@ -1,37 +1,20 @@
-"""Multi-column numeric text files (source lists, structure factor vs. sin(theta)/lambda)."""
+"""Multi-column numeric tables (source lists, structure factor vs. sin(theta)/lambda)."""
 from __future__ import annotations
-
-import math
-import re
-from typing import List
 
 import numpy as np
 
-from ..cutil import c_atof
-from .hkl import InputFileError
-
-_DELIMS = re.compile(r"[ \t,;:!\r\n]+")
+from .text import C_TABLE_DELIMITERS, read_table
 
 
-def read_columns(path: str, ncols: int) -> np.ndarray:
-    """Rows of up to ``ncols`` numbers; missing trailing values are NaN.
+def read_columns(path: str, ncols: int, min_fields: int = 1, what: str = "table",
+                 layout: str = "") -> np.ndarray:
+    """Rows of up to ``ncols`` numbers; missing trailing values are NaN (the C program's
+    read_text_file fills them with defaults).
 
-    Values are separated by spaces, tabs or any of ``,;:!``; blank lines are
-    skipped.  Tokens are read like C ``atof``.
+    Values are separated by white space or any of ``,;:!`` as in the C program; blank and
+    ``#`` lines are skipped; a field that is not a number, or a line with fewer than
+    ``min_fields`` fields, is an :class:`~nanobragg_torch.io.errors.InputFileError` naming
+    the file and line.  Fields beyond ``ncols`` are checked and dropped, as the C drops them.
     """
-    try:
-        with open(path, "r") as fh:
-            lines = fh.readlines()
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise InputFileError(f"{path}: not a text file") from None
-    rows: List[List[float]] = []
-    for line in lines:
-        toks = [t for t in _DELIMS.split(line) if t]
-        if not toks:
-            continue
-        vals = [c_atof(t) for t in toks[:ncols]]
-        vals += [math.nan] * (ncols - len(vals))
-        rows.append(vals)
-    return np.array(rows, dtype=np.float64).reshape(-1, ncols)
+    return read_table(path, ncols, min_fields=min_fields, delimiters=C_TABLE_DELIMITERS,
+                      what=what, layout=layout).values

@@ -319,7 +319,8 @@ class Crystal(TensorModel):
         tic = torch.arange(self.settings.phisteps, dtype=dtype, device=device)
         return self.value("phi0", dtype, device) + self.value("phistep", dtype, device) * tic
 
-    def effective_phi(self, dtype=torch.float64, device=None, first: bool = False) -> torch.Tensor:
+    def effective_phi(self, dtype=torch.float64, device=None, first: bool = False,
+                      carryover: Optional[bool] = None) -> torch.Tensor:
         """Angles actually applied at each phi step.
 
         Normally the phi steps themselves.  With ``phi_carryover`` (the C
@@ -328,10 +329,13 @@ class Crystal(TensorModel):
         i.e. the previous non-zero step of this evaluation, or of the previous
         evaluation (wrapping around); for the first evaluation of the run there
         is none, and the unrotated crystal is used.
+
+        ``carryover``: None takes ``phi_carryover`` from the settings; True/False overrides it
+        (``SimulationOptions.c_legacy`` turns it on for one render).
         """
         device = self.device if device is None else device
         phi = self.phi_angles(dtype, device)
-        if not self.settings.phi_carryover:
+        if not (self.settings.phi_carryover if carryover is None else carryover):
             return phi
         vals = [float(x) for x in phi.detach().cpu()]
         n = len(vals)
@@ -362,7 +366,7 @@ class Crystal(TensorModel):
         return self.value("mosaic_umats", dtype, device)
 
     def rotated_lattices(self, lattice: Lattice, dtype=torch.float64, device=None,
-                         first: bool = False) -> torch.Tensor:
+                         first: bool = False, carryover: Optional[bool] = None) -> torch.Tensor:
         """Real-space lattice rows (a, b, c) for every (phi step, mosaic domain).
 
         Returns shape (phisteps * domains, 3, 3): entry [p*D + m, r] is vector r
@@ -371,7 +375,7 @@ class Crystal(TensorModel):
         device = self.device if device is None else device
         spindle = self.value("spindle_axis", dtype, device)
         spindle = spindle / torch.linalg.vector_norm(spindle)
-        phi = self.effective_phi(dtype, device, first=first)                     # (P,)
+        phi = self.effective_phi(dtype, device, first=first, carryover=carryover)   # (P,)
         base = lattice.real_matrix().to(dtype)                                   # (3 vectors, 3)
         rot = rotate_axis(base.unsqueeze(0), spindle, phi.view(-1, 1))           # (P, 3, 3)
         U = self.mosaic_matrices(dtype, device)                                  # (D, 3, 3)

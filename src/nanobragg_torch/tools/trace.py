@@ -345,6 +345,7 @@ def compute_trace(pb, spixel: int, fpixel: int, st=None, prep=None,
 
     # the reference program's pixel loop, literally
     ov_t, ov_p, ov_o = bool(pb.oversample_thick), bool(pb.oversample_polar), bool(pb.oversample_omega)
+    legacy = bool(pb.legacy_oversample)
     I = I_bg
     polar_c = 1.0 if pb.nopolar else 0.0
     omega_c = 0.0
@@ -488,14 +489,26 @@ def compute_trace(pb, spixel: int, fpixel: int, st=None, prep=None,
                                     put("I_contribution" + tag, dom["I_contribution"])
                             if not ev:
                                 continue
-                            I += termL[e][j]
-                            I_src += termL[e][j]
+                            if legacy:
+                                # the unmodified C: the running sum is multiplied after every term
+                                I += termL[e][j]
+                                I_src += termL[e][j]
+                                if ov_t:
+                                    I *= cap_c
+                                if ov_p:
+                                    I *= polar_c
+                                if ov_o:
+                                    I *= omega_c
+                                continue
+                            contrib = termL[e][j]
                             if ov_t:
-                                I *= cap_c
+                                contrib *= cap_c
                             if ov_p:
-                                I *= polar_c
+                                contrib *= polar_c
                             if ov_o:
-                                I *= omega_c
+                                contrib *= omega_c
+                            I += contrib
+                            I_src += contrib
                         src["phi_steps"].append(ph)
                     src["I_source_sum"] = I_src
                     put("I_source_sum" + sfx, I_src)
