@@ -183,3 +183,20 @@ def test_pyfai_rings_from_the_cbf_header(tmp_path):
         sel = np.abs(res.radial - r) < 0.5
         found.append(res.radial[sel][np.argmax(res.intensity[sel])])
     assert np.allclose(found, rings, atol=0.01), found
+
+
+def test_c_legacy_writes_the_c_programs_smv_values(tmp_path):
+    """-c_legacy: the SMV header carries the C program's printed distance and beam centre (issue 16's
+    tilted detector: 193.185 mm and (233.952, 301.413) px), everything else as by default."""
+    from nanobragg_torch.io.formats import write_image
+    meta = _setup(GEOMETRIES["tilted"] + " -c_legacy")[2]
+    default = _setup(GEOMETRIES["tilted"])[2]
+    h = dict(meta["smv_header"])
+    assert float(h["DISTANCE"]) == pytest.approx(193.185, abs=1e-3)
+    assert float(h["ADXV_CENTER_X"]) / 0.172 == pytest.approx(233.952, abs=1e-3)
+    assert (619 * 0.172 - float(h["ADXV_CENTER_Y"])) / 0.172 == pytest.approx(301.413, abs=1e-3)
+    assert float(dict(default["smv_header"])["DISTANCE"]) == pytest.approx(200.0, abs=1e-3)
+    # CBF and NeXus keep the geometric values: the C program writes neither format
+    assert meta["beam_center_fast_m"] == default["beam_center_fast_m"]
+    write_image(str(tmp_path / "c.img"), np.zeros((619, 487), np.uint16), meta)
+    assert float(fabio.open(str(tmp_path / "c.img")).header["DISTANCE"]) == pytest.approx(193.185, abs=1e-3)
