@@ -102,7 +102,8 @@ FLAG_TABLE = [
     ("-dtype", "float32|float64", "float32", "compute precision"),
     ("-device", "cpu|cuda[:n]", "cpu", "compute device"),
     ("-compile", "", "off", "fused kernels (torch.compile): faster renders after a one-time compilation of tens of seconds; for many renders in one process"),
-    ("-c_legacy", "", "off", "the unmodified C program's image: its phi=0 carry-over and compounding -oversample_* factors"),
+    ("-c_legacy", "", "off", "the unmodified C program's image: its phi=0 carry-over and compounding -oversample_* factors; "
+                                  "its SMV header distance and beam centres"),
     ("-phi_carryover", "fixed|c", "fixed", "c: reproduce the C program's phi=0 carry-over bug"),
     ("-trace_pixel", "s f", "", "print every intermediate quantity of one pixel"),
     ("-h / --help", "", "", "this listing"),
