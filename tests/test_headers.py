@@ -200,3 +200,16 @@ def test_c_legacy_writes_the_c_programs_smv_values(tmp_path):
     assert meta["beam_center_fast_m"] == default["beam_center_fast_m"]
     write_image(str(tmp_path / "c.img"), np.zeros((619, 487), np.uint16), meta)
     assert float(fabio.open(str(tmp_path / "c.img")).header["DISTANCE"]) == pytest.approx(193.185, abs=1e-3)
+
+
+@pytest.mark.parametrize("beam", ["-1 0 0", "0 0 1"])
+def test_a_beam_that_never_meets_the_detector_still_writes_every_format(tmp_path, beam):
+    """A legal set-up whose beam runs away from (or parallel to) the detector has no beam centre:
+    the headers carry the C program's numbers, the CBF writer says so, nothing fails."""
+    from nanobragg_torch.io.formats import write_image
+    st, prep, meta = _setup(f"-distance 5 -pixel 1 -detpixels 2 -beam_vector {beam}")
+    assert meta["c_beam"]["no_beam_spot"]
+    assert meta["beam_center_fast_m"] == meta["c_beam"]["Fbeam_m"]
+    for name in ("a.img", "a.cbf", "a.nxs"):
+        write_image(str(tmp_path / name), np.zeros((2, 2), np.uint16), meta)
+        assert (tmp_path / name).stat().st_size > 0

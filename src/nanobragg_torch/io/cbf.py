@@ -92,12 +92,13 @@ def mini_cbf_geometry_problem(meta: dict, tol: float = 1e-6) -> Optional[str]:
     """
     if not all(k in meta for k in ("fdet", "sdet", "beam_vector")):
         return None
+    if meta.get("c_beam", {}).get("no_beam_spot"):
+        return "the direct beam never meets the detector in front of the sample"
     f, s, b = _unit(meta["fdet"]), _unit(meta["sdet"]), _unit(meta["beam_vector"])
     problems = []
     if abs(f @ b) > tol or abs(s @ b) > tol or abs(f @ s) > tol:
-        from .geometry import beam_on_detector
-        angle = beam_on_detector(meta.get("pix0_m", b), f, s, b).normal_angle_deg \
-            if "pix0_m" in meta else float("nan")
+        n = np.cross(f, s)
+        angle = np.degrees(np.arccos(min(1.0, abs(n @ b) / np.linalg.norm(n))))
         problems.append("the detector does not face the beam (normal %.4g deg from it)" % angle)
     elif np.cross(f, s) @ b < 0:
         problems.append("the image is mirrored (fast x slow points against the beam)")
@@ -188,8 +189,10 @@ def write_cbf(path: str, image: np.ndarray, meta: dict) -> None:
     problem = mini_cbf_geometry_problem(meta)
     if problem and problem not in _warned:
         _warned.add(problem)
+        where = ("hold the C program's beam centre and distance" if meta.get("c_beam", {}).get("no_beam_spot")
+                 else "give where the beam meets the detector")
         print(f"warning: {path}: a mini-CBF header cannot describe this geometry ({problem}); "
-              f"Beam_xy and Detector_distance give where the beam meets the detector, the exact "
+              f"Beam_xy and Detector_distance {where}, the exact "
               f"geometry is in the '# nanoBragg_' lines and in NeXus output", file=sys.stderr)
     header = {
         "_array_data.header_convention": "PILATUS_1.2" if pilatus_tiles(F, S) else "GENERIC_MINI",

@@ -255,7 +255,9 @@ def frame_metadata(setup, prepared) -> dict:
     ``smv_header`` (the integer image's SMV header items) and
     ``smv_header_noise`` (the noise image's), ``c_beam`` (the C program's
     printed ``Fbeam``/``Sbeam``/``distance``, which differ from the geometric
-    values when the detector is swung by ``-twotheta``).
+    values when the detector is swung by ``-twotheta``; where the beam never
+    meets the detector in front of the sample, the headers carry these and
+    ``c_beam["no_beam_spot"]`` says why).
 
     The beam centre and distance come from :func:`.geometry.beam_on_detector`
     (the rotated axes, ``pix0`` and the beam direction); with
@@ -268,9 +270,18 @@ def frame_metadata(setup, prepared) -> dict:
     geo = prepared.geometry
     pixel = float(det.pixel_size)
     orgx, orgy = geo.orgx_orgy(pixel)
-    spot = beam_on_detector(_vec(geo.pix0), _vec(geo.fdet), _vec(geo.sdet), _vec(geo.beam_vector))
     legacy = bool(getattr(getattr(setup, "options", None), "c_legacy", False))
     c_beam = {"Fbeam_m": float(geo.Fbeam), "Sbeam_m": float(geo.Sbeam), "distance_m": float(geo.distance)}
+    try:
+        spot = beam_on_detector(_vec(geo.pix0), _vec(geo.fdet), _vec(geo.sdet), _vec(geo.beam_vector))
+    except ValueError as e:
+        # the direct beam never meets the detector in front of the sample: there is no beam
+        # centre; the headers carry the C program's numbers (as it would write them)
+        from .geometry import BeamSpot
+        c_beam["no_beam_spot"] = str(e)
+        spot = BeamSpot(fast_m=c_beam["Fbeam_m"], slow_m=c_beam["Sbeam_m"], distance_m=c_beam["distance_m"],
+                        close_distance_m=abs(float(geo.close_distance)), normal_angle_deg=float("nan"),
+                        point_m=(float("nan"),) * 3)
     header_args = dict(
         fpixels=det.fpixels, spixels=det.spixels, pixel_size_m=pixel,
         distance_m=c_beam["distance_m"] if legacy else spot.distance_m,
