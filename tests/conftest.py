@@ -77,6 +77,21 @@ class GoldenRunner:
         return self.cache[key]
 
 
+def require_fused_kernel():
+    """The fused CPU kernel built and loaded: a missing compiler fails under CI=true, skips elsewhere."""
+    from nanobragg_torch.backends import fused_cpu
+    ok, why = fused_cpu.available()
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the fused CPU kernel is not available (required in CI): {why}")
+        pytest.skip(f"the fused CPU kernel is not available: {why}")
+
+
+@pytest.fixture
+def fused_kernel():
+    require_fused_kernel()
+
+
 @pytest.fixture(scope="session")
 def golden_runner(tmp_path_factory):
     golden_dir()

@@ -20,6 +20,9 @@ from nanobragg_torch.simulator import as_models, build_problem, prepare
 
 from conftest import run_cli
 
+# every test here but the fallback ones needs the kernel built (a compiler): see conftest
+needs_kernel = pytest.mark.usefixtures("fused_kernel")
+
 RIGHT = math.pi / 2
 
 
@@ -41,6 +44,7 @@ def _problem(dtype="float64", N=3, grad=False, interpolate=False, **det):
     return build_problem(prep, xt, d, bm, sf, opts)
 
 
+@needs_kernel
 def test_auto_takes_fused_for_a_forward_cpu_render():
     pb = _problem()
     res = render(pb)
@@ -51,6 +55,7 @@ def test_auto_takes_fused_for_a_forward_cpu_render():
     assert math.isclose(float(res.omega_sum), float(ref.omega_sum), rel_tol=1e-12)
 
 
+@needs_kernel
 def test_float32_fused_matches_torch():
     pb = _problem("float32", N=7)
     a, b = render(pb).image.double(), render(pb, backend="torch").image.double()
@@ -58,6 +63,7 @@ def test_float32_fused_matches_torch():
     assert corr >= 0.99999 and a.dtype == torch.float64 and render(pb).image.dtype == torch.float32
 
 
+@needs_kernel
 def test_gradient_render_takes_torch():
     pb = _problem(grad=True)
     assert select(pb).name == "torch"
@@ -74,7 +80,12 @@ def test_simulate_gradients_take_torch():
     res = simulate(Crystal(cell=(100, 100, 100, RIGHT, RIGHT, RIGHT), N=3),
                    Detector(fpixels=8, spixels=8, distance=d), Beam(wavelength=6.2e-10), StructureFactors(default_F=10))
     res.image.sum().backward()
-    assert d.grad is not None and torch.isfinite(d.grad)
+    assert d.grad is not None and torch.isfinite(d.grad) and res.backend == "torch"
+    with torch.no_grad():
+        res = simulate(Crystal(cell=(100, 100, 100, RIGHT, RIGHT, RIGHT), N=3),
+                       Detector(fpixels=8, spixels=8, distance=d), Beam(wavelength=6.2e-10),
+                       StructureFactors(default_F=10))
+    assert res.backend == ("fused" if fused_cpu.available()[0] else "torch")
 
 
 def test_interpolation_and_carryover_route_to_torch():
@@ -90,6 +101,7 @@ def test_interpolation_and_carryover_route_to_torch():
         select(pb, "fused")
 
 
+@needs_kernel
 def test_other_devices_are_not_the_fused_kernels():
     pb = _problem()
     ok, why = REGISTRY["fused"].supports(pb, Request(device="cuda", dtype=torch.float32))
@@ -103,6 +115,7 @@ def test_unknown_backend_is_an_error():
         select(_problem(), "numba")
 
 
+@needs_kernel
 def test_fused_covers_the_engine_switches():
     """ROI/mask, curved detector, point pixel, thickness with -oversample_thick, d_min, shapes,
     non-integer N, nopolar: the fused kernel agrees with the torch reference (float64)."""
@@ -142,6 +155,7 @@ def test_fused_covers_the_engine_switches():
             assert np.all(a[3:6, 4:9] == 0) and np.all(a[:, 13:] == 0)
 
 
+@needs_kernel
 def test_progress_is_reported_through_the_fused_kernel():
     pb = _problem()
     seen = []
@@ -149,6 +163,7 @@ def test_progress_is_reported_through_the_fused_kernel():
     assert res.backend == "fused" and seen and seen[-1] == (pb.pixels.numel(), pb.pixels.numel())
 
 
+@needs_kernel
 def test_no_compiler_falls_back_with_one_note(monkeypatch, tmp_path, capsys):
     import nanobragg_torch.backends as backends
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
@@ -185,6 +200,7 @@ def test_a_failing_compiler_falls_back(monkeypatch, tmp_path, capsys):
         fused_cpu._reset_for_tests()
 
 
+@needs_kernel
 def test_a_new_process_loads_the_cached_kernel():
     assert fused_cpu.available()[0]
     code = ("import time; from nanobragg_torch.backends import fused_cpu; t = time.perf_counter(); "
@@ -194,6 +210,7 @@ def test_a_new_process_loads_the_cached_kernel():
     assert float(out[2]) < 0.5                                   # hash the sources, dlopen: milliseconds
 
 
+@needs_kernel
 def test_cli_backend_flag(tmp_path):
     args = "-cell 100 100 100 90 90 90 -default_F 100 -lambda 6.2 -N 5 -distance 100 -detpixels 32".split()
     outs = {}

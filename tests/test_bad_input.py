@@ -44,6 +44,31 @@ def _smv(nfast: int, nslow: int, pixel_mm: float = 0.1) -> Callable[[Path], None
     return make
 
 
+def _mtz(columns) -> Callable[[Path], None]:
+    """An MTZ (P 21 21 21) with the given (label, type) data columns, written by gemmi."""
+    def make(p: Path):
+        import gemmi
+        mtz = gemmi.Mtz(with_base=True)
+        mtz.spacegroup = gemmi.find_spacegroup_by_name("P 21 21 21")
+        mtz.set_cell_for_all(gemmi.UnitCell(100, 100, 100, 90, 90, 90))
+        mtz.add_dataset("sim")
+        for label, kind in columns:
+            mtz.add_column(label, kind)
+        rows = [[1, 2, 3] + [10.0] * len(columns), [2, 0, 1] + [20.0] * len(columns)]
+        mtz.set_data(np.array(rows, dtype=np.float32))
+        mtz.write_to_file(str(p))
+    make.described = "an MTZ with columns " + ", ".join(f"{l} ({k})" for l, k in columns)
+    return make
+
+
+_PDB_CRYST1 = "CRYST1  100.000  100.000  100.000  90.00  90.00  90.00 {sg:<11s}\n"
+_PDB_ATOM = "ATOM      1  CA  GLY A   1      10.000  20.000  30.000  1.00 20.00           C\n"
+_CIF_NO_F = ("data_x\n_cell.length_a 100\n_cell.length_b 100\n_cell.length_c 100\n"
+             "_cell.angle_alpha 90\n_cell.angle_beta 90\n_cell.angle_gamma 90\n"
+             "_symmetry.space_group_name_H-M 'P 1'\n"
+             "loop_\n_refln.index_h\n_refln.index_k\n_refln.index_l\n_refln.status\n"
+             "1 2 3 o\n2 0 1 o\n")
+
 FileSpec = Union[bytes, str, Callable[[Path], None]]
 
 
@@ -146,6 +171,27 @@ CASES = [
     Case("out_overwrites_input", "output that would overwrite an input", ["-hkl", "in.hkl", "-floatfile", "in.hkl"],
          2, "in.hkl", {"in.hkl": "0 0 0 100\n"}),
     Case("float_as_cbf", "float image named .cbf", ["-floatfile", "f.cbf"], 2, "-floatfile f.cbf"),
+    # structure factors through gemmi (issue 16)
+    Case("mtz_missing_column", "MTZ without the -mtz_column asked for", ["-hkl", "f.mtz", "-mtz_column", "FC"],
+         2, "f.mtz", {"f.mtz": _mtz([("FP", "F")])}),
+    Case("mtz_no_amplitudes", "MTZ with intensities only", ["-hkl", "i.mtz"], 2, "i.mtz",
+         {"i.mtz": _mtz([("IMEAN", "J")])}),
+    Case("mtz_column_not_F", "-mtz_column naming an intensity column", ["-hkl", "i.mtz", "-mtz_column", "IMEAN"],
+         2, "i.mtz", {"i.mtz": _mtz([("IMEAN", "J")])}),
+    Case("mtz_column_without_mtz", "-mtz_column with a text -hkl file", ["-hkl", "in.hkl", "-mtz_column", "FC"],
+         2, "-mtz_column", {"in.hkl": "0 0 0 100\n"}),
+    Case("mmcif_no_amplitudes", "mmCIF structure factors without amplitudes", ["-hkl", "sf.cif"], 2, "sf.cif",
+         {"sf.cif": _CIF_NO_F}),
+    Case("model_no_atoms", "-pdb model with no atoms", ["-pdb", "empty.pdb"], 2, "empty.pdb",
+         {"empty.pdb": _PDB_CRYST1.format(sg="P 1") + "END\n"}),
+    Case("model_unknown_space_group", "-pdb model with an unknown space group", ["-pdb", "sg.pdb"], 2,
+         "space group", {"sg.pdb": _PDB_CRYST1.format(sg="P 9 9 9") + _PDB_ATOM + "END\n"}),
+    Case("hkl_and_pdb", "-hkl and -pdb together", ["-hkl", "in.hkl", "-pdb", "m.pdb"], 2, "-pdb",
+         {"in.hkl": "0 0 0 100\n", "m.pdb": _PDB_CRYST1.format(sg="P 1") + _PDB_ATOM + "END\n"}),
+    Case("img_bad_cbf", "-img CBF file that is not a CBF", ["-img", "bad.cbf"], 2, "bad.cbf",
+         {"bad.cbf": "not a cbf\n"}),
+    Case("mask_bad_nexus", "-mask NeXus file that is not HDF5", ["-mask", "bad.nxs"], 2, "bad.nxs",
+         {"bad.nxs": "not hdf5\n"}),
 ]
 
 
@@ -310,7 +356,7 @@ def table(results: Dict[str, tuple]) -> str:
         contents = []
         for name, spec in case.files.items():
             if callable(spec):
-                contents.append(f"{name}: a 16x16 SMV image")
+                contents.append(f"{name}: {getattr(spec, 'described', 'a 16x16 SMV image')}")
             elif isinstance(spec, bytes):
                 kind = " (binary)" if b"\0" in spec else ""
                 contents.append(f"{name}: {len(spec)} bytes{kind}")

@@ -36,6 +36,19 @@ def report_vector(text: str, key: str):
     return np.array([float(x) for x in line.split("=")[-1].split()])
 
 
+def beam_hit_from_report(text: str):
+    """(fast, slow) metres from the first pixel's corner, and the distance, of the point where the
+    direct beam meets the detector plane, from the report's printed vectors (6 digits)."""
+    o = report_vector(text, "dials origin") / 1000.0
+    pix0 = np.array([-o[2], o[1], o[0]])             # dials (x, y, z) = nanoBragg (z, y, -x)
+    f = report_vector(text, "DIRECTION_OF_DETECTOR_X-AXIS")
+    s = report_vector(text, "DIRECTION_OF_DETECTOR_Y-AXIS")
+    b = report_vector(text, "INCIDENT_BEAM_DIRECTION")
+    # t b = pix0 + x f + y s
+    t, x, y = np.linalg.solve(np.column_stack([b, -f, -s]), pix0)
+    return x, y, t
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """The same image written once in the C program's formats and once in the new ones."""
@@ -63,8 +76,11 @@ def test_smv_opens_in_fabio(rendered):
         assert float(h["WAVELENGTH"]) == pytest.approx(1.0)
         assert float(h["PHI"]) == pytest.approx(10.0) and float(h["OSC_RANGE"]) == pytest.approx(0.5)
         assert float(h["TWOTHETA"]) == pytest.approx(4.0)
-        dist = float(next(l for l in text.splitlines() if l.strip().startswith("distance=")).split("=")[1].split()[0])
+        # DISTANCE: sample to where the beam meets the detector (not the C's printed distance,
+        # which is the close distance here: the report's ratio is taken before the two-theta swing)
+        fbeam, sbeam, dist = beam_hit_from_report(text)
         assert float(h["DISTANCE"]) == pytest.approx(dist * 1000, rel=1e-5)
+        assert float(h["ADXV_CENTER_X"]) == pytest.approx(fbeam * 1000, rel=1e-4)
     # the integer image is the float image scaled, plus the ADC offset
     f = np.fromfile(d / "f.bin", dtype="<f4").reshape(8, 12)
     scale = float(next(l for l in text.splitlines() if l.startswith("intfile_scale")).split("=")[1])
@@ -80,11 +96,12 @@ def test_cbf_opens_in_fabio(rendered):
     assert np.array_equal(cbf.data, smv.data.astype(np.int32))       # the same counts as the SMV image
     ph = cbf.header["_array_data.header_contents"]
     assert "# Pixel_size 0.0001 m x 0.0001 m" in ph
-    assert "# Wavelength 1.000000 A" in ph
-    assert "# Start_angle 10.0000 deg." in ph and "# Angle_increment 0.5000 deg." in ph
-    fbeam = float(next(l for l in text.splitlines() if "Fbeam=" in l).split("Fbeam=")[1].split()[0])
-    assert f"# Beam_xy ({fbeam / 1e-4:.3f}," in ph
-    assert cbf.header["_array_data.header_convention"] == "PILATUS_1.2"
+    assert "# Wavelength 1 A" in ph
+    assert "# Start_angle 10.000000 deg." in ph and "# Angle_increment 0.500000 deg." in ph
+    fbeam, sbeam, dist = beam_hit_from_report(text)
+    assert f"# Beam_xy ({fbeam / 1e-4:.3f}" in ph and f", {sbeam / 1e-4:.3f}" in ph
+    # a 12 x 8 image is no Pilatus module: dxtbx reads it with FormatCBFMini
+    assert cbf.header["_array_data.header_convention"] == "GENERIC_MINI"
 
 
 def _chain(fh, path):
@@ -145,8 +162,11 @@ def test_nexus_layout_and_geometry(rendered):
         assert np.allclose(R.T @ phi.attrs["vector"], report_vector(text, "spindle ROTATION_AXIS"))
         assert fh["/entry/sample/depends_on"][()] == b"/entry/sample/transformations/phi"
         # beam centre in pixels from the corner of the first pixel
-        fbeam = float(next(l for l in text.splitlines() if "Fbeam=" in l).split("Fbeam=")[1].split()[0])
-        assert det["beam_center_x"][()] == pytest.approx(fbeam / 1e-4, rel=1e-5)
+        fbeam, sbeam, dist = beam_hit_from_report(text)
+        assert det["beam_center_x"][()] == pytest.approx(fbeam / 1e-4, rel=1e-4)
+        assert det["beam_center_y"][()] == pytest.approx(sbeam / 1e-4, rel=1e-4)
+        assert det["distance"][()] == pytest.approx(dist, rel=1e-5)
+        assert det["distance_derived"][()] == np.bool_(True)
     with h5py.File(d / "n.nxs", "r") as fh:
         noise = fh["/entry/data/data"][0]
         assert noise.dtype == np.int32

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import golden_cases, golden_dir
+from conftest import golden_cases, golden_dir, require_fused_kernel
 
 CASES = sorted(golden_cases())
 LEGACY = [c for c in CASES if golden_cases()[c].get("c_legacy_differs")]
@@ -33,6 +33,7 @@ def test_golden_backend_coverage(golden_runner):
     """Only the cases the fused backend documents as the torch backend's fall back to it."""
     if golden_runner.backend != "fused":
         pytest.skip("NB_GOLDEN_BACKEND names another backend")
+    require_fused_kernel()
     for case in CASES:
         golden_runner.render(case, ("-dtype", "float64"))
     fallback = {c: why for (c, extra), why in golden_runner.torch_cases.items() if extra == ("-dtype", "float64")}

@@ -10,6 +10,8 @@ The names are imported on first use (PEP 562), so that ``import nanobragg_torch`
 -- and the ``nanoBragg -h`` that goes through it -- does not load PyTorch until a
 name that needs it is asked for.
 """
+import sys as _sys
+import types as _types
 from importlib import import_module as _import_module
 
 #: public name -> the module that defines it
@@ -19,11 +21,14 @@ _EXPORTS = {
     "Beam": ".models", "Crystal": ".models", "Detector": ".models", "StructureFactors": ".models",
     "SimulationResult": ".simulator", "Simulator": ".simulator", "simulate": ".simulator",
     "Setup": ".api", "from_args": ".api",
+    "noisify": ".noisify", "Noisify": ".noisify",
+    "StolTable": ".models.amorphous", "AmorphousSample": ".models.amorphous",
+    "AmorphousScatter": ".models.amorphous", "amorphous_image": ".models.amorphous",
 }
 
 #: submodules reachable as attributes (``nanobragg_torch.engine``) without importing them first
-_SUBMODULES = {"api", "cli", "config", "cutil", "dataset", "engine", "io", "models", "physics", "pipeline",
-               "rng", "simulator", "tools"}
+_SUBMODULES = {"api", "backends", "cli", "config", "cutil", "dataset", "engine", "io", "models", "noisify",
+               "physics", "pipeline", "rng", "simulator", "tools"}
 
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"
@@ -37,6 +42,19 @@ def __getattr__(name):
     if name in _SUBMODULES:
         return _import_module("." + name, __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(_types.ModuleType):
+    """Keeps the function ``noisify`` under its name when the submodule of that name is loaded
+    later (an eager ``from .noisify import noisify`` in this file had the same effect)."""
+
+    def __setattr__(self, name, value):
+        if name == "noisify" and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():

@@ -96,6 +96,7 @@ class SimulationResult:
     omega_sum: torch.Tensor
     interp_warning: Optional[tuple] = None
     intermediates: Optional[Dict[str, torch.Tensor]] = None
+    backend: str = "torch"            # the backend that rendered (nanobragg_torch.backends)
 
 
 def rendered_pixels(det: Union[DetectorConfig, Detector], device="cpu") -> torch.Tensor:
@@ -374,7 +375,7 @@ def simulate(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
                      backend=options.backend)
     inter = pixel_intermediates(pb) if return_intermediates else None
     return SimulationResult(image=res.image, prepared=prep, omega_sum=res.omega_sum,
-                            interp_warning=res.state.oob_warning, intermediates=inter)
+                            interp_warning=res.state.oob_warning, intermediates=inter, backend=res.backend)
 
 
 class Simulator(RefTracked):

@@ -37,7 +37,7 @@ _HERE = Path(__file__).resolve().parent
 _SOURCES = ("fused_cpu.c", "fused_kernel.h")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno",
          "-fno-trapping-math", "-ffp-contract=fast", "-pthread")
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 SHAPES = {"square": 0, "round": 1, "gauss": 2, "tophat": 3}
 
@@ -259,7 +259,7 @@ def render(pb, progress: Optional[Callable[[int, int], None]] = None, nthreads: 
     threads = nthreads or torch.get_num_threads()
     # one call for the whole image; with a progress callback, a few slices reported one by one
     slices = 1 if progress is None else max(1, min(20, P // 4096))
-    grain = 64                                          # fused_cpu.c's NB_GRAIN: slices start on it
+    grain = 128                                         # fused_cpu.c's NB_GRAIN: slices start on it
     step = -(-(-(-P // slices)) // grain) * grain if P else grain
     for lo in range(0, P, step):
         hi = min(P, lo + step)

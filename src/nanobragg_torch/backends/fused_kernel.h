@@ -39,7 +39,7 @@ static inline REAL NB_FN(rint_fast)(REAL x)
     return NB_RINT(x);
 }
 
-#define NB_LANES 16   /* fused_cpu.py reads it through nb_lanes() */
+/* NB_LANES (pixels per block) is set by fused_cpu.c for each precision */
 
 typedef struct {
     REAL fdet[3], sdet[3], odet[3], pix0[3], beam[3];
@@ -128,10 +128,19 @@ static void NB_FN(render_range)(const nb_params *p, int64_t lo, int64_t hi)
         REAL qx[NB_LANES], qy[NB_LANES], qz[NB_LANES], keep[NB_LANES], fac[NB_LANES];
         REAL term[NB_LANES], live[NB_LANES];
         const double inv_f = 1.0 / (double)p->fpixels;
+        /* a block of consecutive pixels (the usual case): indices without loads, one vector store */
+        const int64_t first_pix = p->pixels[b0];
+        const int contig = n == NB_LANES && p->pixels[b0 + n - 1] - first_pix == n - 1;
+        double pixd[NB_LANES];
+        if (contig) {
+            for (int j = 0; j < NB_LANES; j++) pixd[j] = (double)(first_pix + j);
+        } else {
+            for (int j = 0; j < NB_LANES; j++) pixd[j] = (double)p->pixels[b0 + (j < n ? j : n - 1)];
+        }
 #pragma omp simd
         for (int j = 0; j < NB_LANES; j++) {
             /* slow, fast index of the pixel: exact in double for any realistic detector */
-            double pix = (double)p->pixels[b0 + (j < n ? j : n - 1)];
+            double pix = pixd[j];
             double s_ = floor((pix + 0.5) * inv_f);
             fp[j] = (REAL)(pix - s_ * (double)p->fpixels);
             sp[j] = (REAL)s_;
@@ -362,15 +371,25 @@ static void NB_FN(render_range)(const nb_params *p, int64_t lo, int64_t hi)
                 }
             }
         }
-        REAL osum = 0;
-        for (int j = 0; j < n; j++) {
+        const int use_cap = !over_thick && thick_on;
+        REAL val[NB_LANES];
+#pragma omp simd
+        for (int j = 0; j < NB_LANES; j++) {
             REAL v = c.scale * I[j];
-            if (!over_thick && thick_on) v *= capture_c[j];
-            if (!over_polar) v *= polar_c[j];
-            if (!over_omega) v *= omega_c[j];
-            image[p->pixels[b0 + j]] = v;
-            osum += omega_sum[j];
+            v *= use_cap ? capture_c[j] : (REAL)1;
+            v *= !over_polar ? polar_c[j] : (REAL)1;
+            v *= !over_omega ? omega_c[j] : (REAL)1;
+            val[j] = v;
         }
+        if (contig) {
+            REAL *dst = image + first_pix;
+#pragma omp simd
+            for (int j = 0; j < NB_LANES; j++) dst[j] = val[j];
+        } else {
+            for (int j = 0; j < n; j++) image[p->pixels[b0 + j]] = val[j];
+        }
+        REAL osum = 0;
+        for (int j = 0; j < n; j++) osum += omega_sum[j];
         /* one partial sum per block of lanes (blocks start at multiples of NB_LANES): deterministic */
         omega_out[b0 / NB_LANES] = osum;
     }

@@ -56,6 +56,8 @@ class RawFlags:
     mosaic_domains: int = -1
     matfilename: Optional[str] = None
     hklfilename: Optional[str] = None
+    mtz_column: Optional[str] = None      # -mtz_column: amplitude column of an MTZ / mmCIF -hkl file
+    pdbfilename: Optional[str] = None     # -pdb: atomic model (PDB or mmCIF) to compute F from
     default_F: float = 0.0
     dumpfilename: str = "Fdump.bin"
     interpolate: int = 2
@@ -522,6 +524,9 @@ EXTRA_RULES: List[Rule] = [
     Rule(lambda a: a == "-format", 1, _image_format, ("-format",), "F"),
     Rule(lambda a: a == "-pngfile", 1, _file("pngfilename"), ("-pngfile",), "s"),
     Rule(lambda a: a == "-pngscale", 1, _png_scale, ("-pngscale",), "G"),
+    # structure factors through gemmi (issue 16)
+    Rule(lambda a: a == "-mtz_column", 1, _file("mtz_column"), ("-mtz_column",), "s"),
+    Rule(lambda a: a == "-pdb", 1, _file("pdbfilename"), ("-pdb",), "s"),
 ]
 _EXTRA_NAMES = frozenset(n for r in EXTRA_RULES for n in r.names)
 

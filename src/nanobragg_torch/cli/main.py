@@ -85,7 +85,7 @@ def _print_setup(out, st, prep, res=None):
         p("         recommend -oversample %d to work around this" % prep.recommended_oversample)
     for line in st.report:
         p(line)
-    if st.hkl is not None and st.flags.hklfilename is None:
+    if st.hkl is not None and st.flags.hklfilename is None and st.flags.pdbfilename is None:
         p("reading Fs from %s" % st.flags.dumpfilename)
     for t in range(det.thicksteps):
         p("thick%d = %g um" % (t, det.thickstep * t * 1e6))
@@ -206,7 +206,8 @@ def check_outputs(plan: List[Output], st, path) -> None:
     """Fail before rendering when an output cannot be written (or would clobber an input)."""
     f = st.flags
     inputs = {}
-    for flag, name in (("-hkl", f.hklfilename), ("-mat", f.matfilename), ("-img", f.imginfilename),
+    for flag, name in (("-hkl", f.hklfilename), ("-pdb", f.pdbfilename), ("-mat", f.matfilename),
+                       ("-img", f.imginfilename),
                        ("-mask", f.maskfilename), ("-sourcefile", f.sourcefilename),
                        ("-stol", f.stolfilename)):
         if name:

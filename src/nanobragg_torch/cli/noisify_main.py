@@ -130,7 +130,7 @@ RULES: List[Rule] = [
     Rule(_has("-detpixels_x"), 1, _seti("xpixels"), ("-detpixels_x",), "i", "pixels along fast"),
     Rule(_has("-detpixels_y"), 1, _seti("ypixels"), ("-detpixels_y",), "i", "pixels along slow"),
     Rule(_has("-pixel"), 1, _set("pixel", mm), ("-pixel",), "f", "pixel size (mm)"),
-    Rule(_has_len("-psf", 4), 1, _psf, ("-psf",), "s", "point-spread function: gauss | fiber"),
+    Rule(_has_len("-psf", 4), 1, _psf, ("-psf",), "S", "point-spread function: gauss | fiber"),
     Rule(_has("-psf_rad"), 1, _radius, ("-psf_radius",), "i", "PSF rendering radius (pixels, 0 = automatic)"),
     Rule(_has("-psf_si", "-psf_fw", "-psf_wi"), 1, _set("psf_fwhm", 1e-6), ("-psf_fwhm", "-psf_size", "-psf_width"),
          "f", "PSF full width at half maximum (um, default 46)"),
@@ -162,7 +162,7 @@ RULES: List[Rule] = [
     Rule(_has("-osc"), 1, _set("osc"), ("-osc",), "f", "oscillation (deg), for the header"),
 ]
 EXTRA_RULES: List[Rule] = [
-    Rule(lambda a: a == "-psf_edges", 1, _edges, ("-psf_edges",), "s",
+    Rule(lambda a: a == "-psf_edges", 1, _edges, ("-psf_edges",), "S",
          "c (default: the C's edge test, photons one column past the right edge land in column 0 "
          "of the next row) | clip (photons off the detector are dropped)"),
 ]

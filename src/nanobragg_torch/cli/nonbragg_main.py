@@ -116,11 +116,36 @@ RULES: List[Rule] = (
 )
 
 
+#: nonBragg's meaning of the shared rules (their nanoBragg help texts speak of crystals)
+HELP = {
+    "-samplesize": "sample size along all three axes (mm, default 0.1)",
+    "-sample_thick": "sample thickness along the beam (mm)",
+    "-sample_width": "sample width (mm; clipped to -beamsize)",
+    "-sample_height": "sample height (mm; clipped to -beamsize)",
+    "-density": "sample density (g/cm^3, default 1)",
+    "-stol": "F vs sin(theta)/lambda table (1/A); # and blank lines skipped",
+    "-4stol": "the table's first column is 4 sin(theta)/lambda",
+    "-Q": "the table's first column is Q = 4 pi sin(theta)/lambda",
+    "-sourcefile": "sources: X Y Z (m) I lambda (m) per line",
+    "-floatfile": "float image output (default floatimage.bin)",
+    "-intfile": "SMV output scaled to 55000 at max (default intimage.img)",
+    "-noisefile": "SMV output with Poisson noise (default noiseimage.img)",
+    "-scale": "scale of the SMV image (default 55000/max)",
+    "-seed": "noise seed (default: the clock)",
+    "-adc": "ADC offset of the SMV images (default 40)",
+    "-oversample": "sub-pixels per pixel side",
+    "-roi": "render only xmin xmax ymin ymax (pixels)",
+    "-polar": "Kahn polarization factor (default 0: unpolarized)",
+}
+
+
 def usage_text() -> str:
     lines = ["usage: nonBragg -stol water.stol [options]",
              "Renders the scattering of an amorphous sample (lengths in mm, angles in deg, divergence in mrad).",
              "options:"]
-    return "\n".join(lines + usage_lines(RULES))
+    from dataclasses import replace
+    rules = [replace(r, help=HELP[r.names[0]]) if r.names and r.names[0] in HELP else r for r in RULES]
+    return "\n".join(lines + usage_lines(rules))
 
 
 def parse(argv: List[str]) -> NonBraggFlags:
@@ -337,31 +362,14 @@ def _body(argv: List[str]) -> int:
                               roi=roi, dtype=dtype, backend="auto")
     fimg = img.to(torch.float32).numpy()
     S, Fp = fimg.shape
-    keep = np.zeros((S, Fp), bool)
-    keep[roi[2]:roi[3] + 1, roi[0]:roi[1] + 1] = True
-    vals = fimg[keep].astype(np.float64)
-    n = max(vals.size, 1)
-    max_I = max(0.0, float(vals.max(initial=0.0)))
-    avg = float(vals.sum()) / n
-    rms = math.sqrt(float((vals * vals).sum()) / max(n - 1, 1))
-    rmsd = math.sqrt(float(((vals - avg) ** 2).sum()) / max(n - 1, 1))
+    from ..physics.amorphous_kernel import image_outputs
+    max_I, avg, rms, rmsd, iscale, pscale, intimg, pgm = image_outputs(fimg, roi, f.intfile_scale,
+                                                                       f.adc_offset, f.pgm_scale)
     say("writing %s as %d 4-byte floats" % (f.floatfilename, S * Fp))
     say("max_I = %s" % _g(max_I))
     say("mean= %s rms= %s rmsd= %s" % (_g(avg), _g(rms), _g(rmsd)))
-    iscale = f.intfile_scale
-    if iscale <= 0.0:
-        iscale = 55000.0 / max_I if max_I > 0.0 else 1.0
     say("intfile_scale = %s" % _g(iscale))
-    test = fimg.astype(np.float64) * iscale + f.adc_offset
-    test = np.clip(test, 0.0, 65535.0)
-    intimg = np.where(keep, np.floor((test + 0.5).astype(np.float32)), 0).astype(np.uint16)
-    pscale = f.pgm_scale
-    if pscale <= 0.0:
-        pscale = 250.0 / (5.0 * rmsd) if rmsd > 0.0 else iscale
     say("pgm_scale = %s" % _g(pscale))
-    from ..io.smv import c_cast_unsigned
-    pv = np.minimum(fimg.astype(np.float64) * pscale, 255.0)
-    pgm = np.where(keep, c_cast_unsigned(pv, 8), 0).astype(np.uint8)
     header = _header(f, geo, m["fpixels"], m["spixels"], m["osc"])
     noise = None
     if f.calculate_noise:

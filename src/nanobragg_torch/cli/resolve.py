@@ -51,8 +51,69 @@ class Setup:
     stol_rows: int = 0
 
 
-def _header_ingest(f: RawFlags, path: str, kind: str):
-    """Apply an SMV file's header the way the C does for -img / -mask; return its pixels."""
+def _beam_flags_from_centre(conv: str, fbeam: float, sbeam: float, detsize_s: float, px: float):
+    """The -Xbeam/-Ybeam values that put the beam at (fbeam, sbeam) from the first pixel's corner."""
+    if conv == "adxv":
+        return fbeam, detsize_s - sbeam
+    if conv in ("mosflm", "denzo"):
+        shift = 0.5 * px if conv == "mosflm" else 0.0
+        return sbeam - shift, fbeam - shift
+    return fbeam, sbeam
+
+
+def _image_ingest(f: RawFlags, path: str, kind: str, conv: str):
+    """-img / -mask from a CBF or NeXus file: detector size, pixel, distance, wavelength, beam
+    centre and spindle from its header; returns its pixels (0 = switched off, for -mask)."""
+    from ..io.formats import read_image
+    try:
+        data, info = read_image(path)
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read -{kind} file ({e.strerror or e})") from None
+    except ValueError as e:   # FormatError included
+        raise InputFileError(f"-{kind} {e}") from None
+    spix, fpix = data.shape
+    f.fpixels, f.spixels = fpix, spix
+    if "pixel_size_m" in info:
+        f.pixel_size = info["pixel_size_m"]
+    f.detsize_f = f.pixel_size * f.fpixels
+    f.detsize_s = f.pixel_size * f.spixels
+    if "distance_m" in info:
+        f.distance = info["distance_m"]
+    if "wavelength_m" in info:
+        f.lambda0 = info["wavelength_m"]
+    if "beam_center_fast_m" in info and "beam_center_slow_m" in info:
+        f.Xbeam, f.Ybeam = _beam_flags_from_centre(conv, info["beam_center_fast_m"],
+                                                   info["beam_center_slow_m"], f.detsize_s, f.pixel_size)
+    if "phi_start_deg" in info:
+        f.phi0 = info["phi_start_deg"] / RTD
+    if "osc_range_deg" in info:
+        f.osc = info["osc_range_deg"] / RTD
+    if info.get("mask") is not None:
+        data = np.where(info["mask"], 0, data)
+    return data
+
+
+def _model_d_min(f: RawFlags) -> float:
+    """Resolution (Angstrom) to compute a -pdb model's F to: -dmin, else what any detector pixel
+    can reach -- the scattering angle of the detector's diagonal seen from its closest point, with
+    a 10 % margin (the beam may sit anywhere on it, and the -twotheta swing adds to it)."""
+    if f.dmin > 0:
+        return f.dmin * 1e10
+    dist = f.close_distance if (not math.isnan(f.close_distance) and f.close_distance > 0) else f.distance
+    diag = math.hypot(f.pixel_size * f.fpixels if f.fpixels else f.detsize_f,
+                      f.pixel_size * f.spixels if f.spixels else f.detsize_s)
+    two_theta = min(math.pi, math.atan2(diag, dist) + abs(f.detector_twotheta))
+    return max(f.lambda0 * 1e10 / (2.0 * math.sin(two_theta / 2.0)) / 1.1, 0.5)
+
+
+def _header_ingest(f: RawFlags, path: str, kind: str, conv: str = "mosflm"):
+    """Apply an SMV file's header the way the C does for -img / -mask; return its pixels.
+
+    CBF and NeXus files (by extension) go to :func:`_image_ingest`.
+    """
+    from ..io.formats import format_from_extension
+    if format_from_extension(path) in ("cbf", "h5", "nxs"):
+        return _image_ingest(f, path, kind, conv)
     from ..io.smv import header_value, read_smv, read_smv_header
     try:
         header_text = read_smv_header(path)
@@ -150,10 +211,11 @@ def _ingest_headers(f: RawFlags, path) -> Tuple[RawFlags, Optional[np.ndarray]]:
     from .flags import parse_flags
     g = RawFlags()
     mask = None
+    # header ingestion happens before the flags in the C; re-apply the flags afterwards
     if f.maskfilename:
-        mask = _header_ingest(g, path(f.maskfilename), "mask")
+        mask = _header_ingest(g, path(f.maskfilename), "mask", f.convention)
     if f.imginfilename:
-        _header_ingest(g, path(f.imginfilename), "img")
+        _header_ingest(g, path(f.imginfilename), "img", f.convention)
     f2 = parse_flags(f.given, strict=False, base=g)
     f2.given = f.given
     return f2, mask
@@ -302,10 +364,22 @@ def _roi(f: RawFlags, fpixels: int, spixels: int) -> List[int]:
     return roi
 
 
+
+def _structure_factor_source(f: RawFlags, dump_path: str) -> bool:
+    """Check that structure factors come from one place; returns whether Fdump.bin is to be read."""
+    if f.hklfilename is not None and f.pdbfilename is not None:
+        raise SetupError("-hkl and -pdb: give one source of structure factors")
+    if f.mtz_column is not None and (f.hklfilename is None or
+                                     os.path.splitext(f.hklfilename)[1].lower() not in (".mtz", ".cif", ".mmcif")):
+        raise SetupError("-mtz_column: needs -hkl with an MTZ or mmCIF file")
+    return f.hklfilename is None and f.pdbfilename is None and os.path.isfile(dump_path)
+
+
 def _check_crystal_inputs(f: RawFlags, dump_exists: bool) -> None:
     """Structure factors and a cell must come from somewhere (the C prints its usage and exits)."""
-    if f.hklfilename is None and not dump_exists and f.default_F == 0.0:
-        raise SetupError("no structure factors: give -hkl FILE or -default_F VALUE (no Fdump.bin to read)")
+    if f.hklfilename is None and f.pdbfilename is None and not dump_exists and f.default_F == 0.0:
+        raise SetupError("no structure factors: give -hkl FILE, -pdb MODEL or -default_F VALUE "
+                         "(no Fdump.bin to read)")
     if f.user_cell and f.matfilename is None:
         _check_cell(f.cell, f.cell_angles)
     if f.matfilename is None and f.cell[0] == 0.0:
@@ -440,9 +514,13 @@ def _mosaic_umats(f: RawFlags, rng: CRandom, spread: float, domains: int) -> np.
 
 
 def _structure_factors(f: RawFlags, path, dump_path: str, dump_exists: bool) -> Tuple[Optional[HKLData], bool]:
-    """(the structure-factor grid, whether to write Fdump.bin): -hkl, else an existing Fdump.bin."""
-    if f.hklfilename is not None:
-        return read_hkl(path(f.hklfilename), f.default_F), True
+    """(the structure-factor grid, whether to write Fdump.bin): -hkl or -pdb, else an existing Fdump.bin."""
+    if f.hklfilename is not None or f.pdbfilename is not None:
+        from ..io.structure import read_structure_factors
+        if f.pdbfilename is not None:
+            return read_structure_factors(path(f.pdbfilename), f.default_F, model=True,
+                                          d_min=_model_d_min(f)), True
+        return read_structure_factors(path(f.hklfilename), f.default_F, column=f.mtz_column), True
     if dump_exists:
         return read_fdump(dump_path), False
     return None, False
@@ -503,7 +581,7 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     _check_directions(fr)
     roi = _roi(f, fpixels, spixels)
     dump_path = path(f.dumpfilename)
-    dump_exists = f.hklfilename is None and os.path.isfile(dump_path)
+    dump_exists = _structure_factor_source(f, dump_path)
     _check_crystal_inputs(f, dump_exists)
 
     phisteps, osc, phistep = _phi_steps(f)

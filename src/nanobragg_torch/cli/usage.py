@@ -8,7 +8,11 @@ FLAG_TABLE = [
     ("-mat", "FILE", "", "MOSFLM A matrix (reciprocal vectors x wavelength)"),
     ("-misset", "rx ry rz | random", "deg; none", "misset rotations about x, y, z, or a random orientation"),
     ("-misset_seed", "N", "time", "seed of the random orientation"),
-    ("-hkl", "FILE", "", "h k l F text file (P1, no symmetry applied); writes the -dump cache"),
+    ("-hkl", "FILE", "", "h k l F text file (P1, no symmetry applied), or .mtz / .cif structure factors "
+                         "(expanded to P1, needs gemmi); writes the -dump cache"),
+    ("-mtz_column", "LABEL", "FC, FP, F, ...", "amplitude column of an MTZ (or _refln item of an mmCIF) -hkl file"),
+    ("-pdb", "FILE", "", "atomic model (PDB or mmCIF): F computed with gemmi, electrons, F000 included, "
+                         "to -dmin or the detector's corner"),
     ("-dump", "FILE", "Fdump.bin", "binary structure-factor cache, read when -hkl is absent"),
     ("-default_F", "F", "0", "structure factor of every reflection not in the file"),
     ("-N / -Na -Nb -Nc", "n", "1", "unit cells along each axis"),
@@ -99,7 +103,8 @@ FLAG_TABLE = [
     ("-device", "cpu|cuda[:n]", "cpu", "compute device"),
     ("-backend", "auto|torch|fused|compile", "auto", "renderer: auto = the fused CPU kernel (compiled once per machine, cached) where it takes the problem, else torch (the reference; gradients); see docs/design.md"),
     ("-compile", "", "off", "fused kernels (torch.compile): faster renders after a one-time compilation of tens of seconds; for many renders in one process"),
-    ("-c_legacy", "", "off", "the unmodified C program's image: its phi=0 carry-over and compounding -oversample_* factors"),
+    ("-c_legacy", "", "off", "the unmodified C program's image: its phi=0 carry-over and compounding -oversample_* factors; "
+                                  "its SMV header distance and beam centres"),
     ("-phi_carryover", "fixed|c", "fixed", "c: reproduce the C program's phi=0 carry-over bug"),
     ("-trace_pixel", "s f", "", "print every intermediate quantity of one pixel"),
     ("-h / --help", "", "", "this listing"),

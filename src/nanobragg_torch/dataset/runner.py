@@ -291,12 +291,17 @@ def _jobs(frames: Sequence[Frame]) -> List[FrameJob]:
     return [FrameJob(index=f.index, file=f.file, args=list(f.args)) for f in frames]
 
 
+def _realism(spec) -> dict:
+    """The [background]/[detector] keyword for render_batch (none when the file has neither)."""
+    return {"realism": spec.realism} if getattr(spec, "realism", None) else {}
+
+
 def _run_local(spec, todo, retries, device, finished, failed) -> None:
     for frame in todo:
         for attempt in range(retries + 1):
             try:
                 res = render_batch(_jobs([frame]), spec.format, spec.noise, spec.input_dir, device,
-                                   spec.realism)[0]
+                                   **_realism(spec))[0]
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as e:
@@ -326,7 +331,7 @@ def _run_dask(spec, todo, retries, batch, device, finished, failed, *, client, s
     def submit(frames, tries):
         key = f"nanobragg-frame-{frames[0].index}-{len(frames)}-{tag}"
         fut = client.submit(render_batch, _jobs(frames), spec.format, spec.noise, spec.input_dir, device,
-                            spec.realism, key=key, retries=tries, pure=False)
+                            **_realism(spec), key=key, retries=tries, pure=False)
         futures[fut] = frames
         return fut
 

@@ -25,6 +25,7 @@ geometry keys, the raw float and PGM/PNG writers need none of it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -221,36 +222,72 @@ def _vec(t) -> list:
     return [float(x) for x in (t.tolist() if hasattr(t, "tolist") else t)]
 
 
+def _flux(beam, flags) -> float:
+    """Photons per second: the fluence times the beam area over the exposure (0 when unknown)."""
+    if flags is None:
+        return 0.0
+    size, exposure = float(flags.beamsize), float(flags.exposure)
+    if float(flags.flux) > 0.0:
+        return float(flags.flux)
+    if size > 0.0 and exposure > 0.0 and math.isfinite(float(beam.fluence)):
+        return float(beam.fluence) * size * size / exposure
+    return 0.0
+
+
 def frame_metadata(setup, prepared) -> dict:
     """Geometry and beam of a command-line set-up, for the writers (SI units, nanoBragg lab frame).
 
-    ``setup`` is :class:`nanobragg_torch.cli.resolve.Setup`, ``prepared`` the
-    :class:`nanobragg_torch.simulator.Prepared` of the same run.  Keys:
+    ``setup`` is the command line's set-up record (``cli.resolve.Setup``: its
+    ``detector``, ``beam``, ``crystal``, ``options`` and ``flags``), ``prepared``
+    the :class:`nanobragg_torch.simulator.Prepared` of the same run.  Keys:
 
     ``pixel_size_m``, ``fpixels``, ``spixels``, ``distance_m`` (sample to the
-    beam spot along the beam), ``close_distance_m`` (sample to the detector
-    plane along its normal), ``wavelength_m``, ``beam_center_fast_m`` /
-    ``beam_center_slow_m`` (where the direct beam meets the detector, from the
+    point where the direct beam meets the detector plane), ``close_distance_m``
+    (sample to the detector plane along its normal), ``wavelength_m``,
+    ``beam_center_fast_m`` / ``beam_center_slow_m`` (that point, from the
     outer corner of the first pixel along the fast/slow axes), ``fdet``,
     ``sdet``, ``odet`` (unit axes), ``pix0_m`` (outer corner of the first
     pixel), ``beam_vector`` (direction of travel), ``spindle_axis``,
     ``phi_start_deg``, ``osc_range_deg``, ``twotheta_deg``, ``polarization``,
-    ``fluence``, ``exposure_s``, ``sensor_thickness_m``, ``convention``,
+    ``fluence`` (photons/m^2), ``flux_photons_per_s``, ``exposure_s``, ``sensor_thickness_m``, ``convention``,
     ``orgx``/``orgy`` (XDS origin, pixels), ``dials_origin_mm``, ``mask``
     (bool (slow, fast) of the pixels the -mask file switches off, or None),
     ``smv_header`` (the integer image's SMV header items) and
-    ``smv_header_noise`` (the noise image's).
+    ``smv_header_noise`` (the noise image's), ``c_beam`` (the C program's
+    printed ``Fbeam``/``Sbeam``/``distance``, which differ from the geometric
+    values when the detector is swung by ``-twotheta``; where the beam never
+    meets the detector in front of the sample, the headers carry these and
+    ``c_beam["no_beam_spot"]`` says why).
+
+    The beam centre and distance come from :func:`.geometry.beam_on_detector`
+    (the rotated axes, ``pix0`` and the beam direction); with
+    ``setup.options.c_legacy`` the SMV header carries the C program's printed
+    values instead, byte for byte as the C writes them.
     """
-    from ..cli.flags import RTD
+    from .geometry import beam_on_detector
     from .smv import smv_header_values
     det, bm, xt = setup.detector, setup.beam, setup.crystal
     geo = prepared.geometry
     pixel = float(det.pixel_size)
     orgx, orgy = geo.orgx_orgy(pixel)
+    legacy = bool(getattr(getattr(setup, "options", None), "c_legacy", False))
+    c_beam = {"Fbeam_m": float(geo.Fbeam), "Sbeam_m": float(geo.Sbeam), "distance_m": float(geo.distance)}
+    try:
+        spot = beam_on_detector(_vec(geo.pix0), _vec(geo.fdet), _vec(geo.sdet), _vec(geo.beam_vector))
+    except ValueError as e:
+        # the direct beam never meets the detector in front of the sample: there is no beam
+        # centre; the headers carry the C program's numbers (as it would write them)
+        from .geometry import BeamSpot
+        c_beam["no_beam_spot"] = str(e)
+        spot = BeamSpot(fast_m=c_beam["Fbeam_m"], slow_m=c_beam["Sbeam_m"], distance_m=c_beam["distance_m"],
+                        close_distance_m=abs(float(geo.close_distance)), normal_angle_deg=float("nan"),
+                        point_m=(float("nan"),) * 3)
     header_args = dict(
-        fpixels=det.fpixels, spixels=det.spixels, pixel_size_m=pixel, distance_m=float(geo.distance),
+        fpixels=det.fpixels, spixels=det.spixels, pixel_size_m=pixel,
+        distance_m=c_beam["distance_m"] if legacy else spot.distance_m,
         wavelength_m=float(bm.wavelength), Xbeam_m=float(det.Xbeam), Ybeam_m=float(det.Ybeam),
-        Fbeam_m=float(geo.Fbeam), Sbeam_m=float(geo.Sbeam), detsize_s_m=float(det.size_s()),
+        Fbeam_m=c_beam["Fbeam_m"] if legacy else spot.fast_m,
+        Sbeam_m=c_beam["Sbeam_m"] if legacy else spot.slow_m, detsize_s_m=float(det.size_s()),
         dials_origin_mm=_vec(geo.dials_origin_mm()), orgx=float(orgx), orgy=float(orgy),
         close_distance_m=float(geo.close_distance), phi0_rad=float(xt.phi0), osc_rad=float(xt.osc),
         twotheta_rad=float(det.twotheta))
@@ -262,22 +299,23 @@ def frame_metadata(setup, prepared) -> dict:
         "pixel_size_m": pixel,
         "fpixels": int(det.fpixels),
         "spixels": int(det.spixels),
-        "distance_m": float(geo.distance),
-        "close_distance_m": float(geo.close_distance),
+        "distance_m": spot.distance_m,
+        "close_distance_m": spot.close_distance_m,
         "wavelength_m": float(bm.wavelength),
-        "beam_center_fast_m": float(geo.Fbeam),
-        "beam_center_slow_m": float(geo.Sbeam),
+        "beam_center_fast_m": spot.fast_m,
+        "beam_center_slow_m": spot.slow_m,
         "fdet": _vec(geo.fdet),
         "sdet": _vec(geo.sdet),
         "odet": _vec(geo.odet),
         "pix0_m": _vec(geo.pix0),
         "beam_vector": _vec(geo.beam_vector),
         "spindle_axis": _vec(xt.spindle_axis),
-        "phi_start_deg": float(xt.phi0) * RTD,
-        "osc_range_deg": float(xt.osc) * RTD,
-        "twotheta_deg": float(det.twotheta) * RTD,
+        "phi_start_deg": math.degrees(float(xt.phi0)),
+        "osc_range_deg": math.degrees(float(xt.osc)),
+        "twotheta_deg": math.degrees(float(det.twotheta)),
         "polarization": float(bm.polarization),
         "fluence": float(bm.fluence),
+        "flux_photons_per_s": _flux(bm, flags),
         "exposure_s": float(flags.exposure) if flags is not None else 1.0,
         "sensor_thickness_m": float(det.thickness),
         "convention": str(det.convention),
@@ -285,6 +323,7 @@ def frame_metadata(setup, prepared) -> dict:
         "orgy": float(orgy),
         "dials_origin_mm": _vec(geo.dials_origin_mm()),
         "mask": mask,
+        "c_beam": c_beam,
         "smv_header": smv_header_values(**header_args),
         "smv_header_noise": smv_header_values(**header_args, noise_file=True),
     }
@@ -307,3 +346,54 @@ def lab_to_mcstas(beam_vector) -> np.ndarray:
     ey /= np.linalg.norm(ey)
     ex = np.cross(ey, ez)
     return np.vstack([ex, ey, ez])
+
+
+def read_image(path: str, fmt: Optional[str] = None, shape=None):
+    """Read an image file of any format this package writes: ``(image (slow, fast), info)``.
+
+    ``fmt`` is one of :data:`FORMATS` (None: by extension; an unknown
+    extension is tried as SMV).  ``shape`` (slow, fast) is needed only for a
+    raw float file that is not square.  ``info`` holds ``format`` and, where
+    the file says it, the geometry in SI units: ``fpixels``, ``spixels``,
+    ``pixel_size_m``, ``distance_m`` (sample to where the beam meets the
+    detector), ``wavelength_m``, ``beam_center_fast_m``/``beam_center_slow_m``
+    (from the outer corner of the first pixel), ``phi_start_deg``,
+    ``osc_range_deg``; ``header`` (SMV and CBF: the header dictionary) and
+    ``mask`` (NeXus: bool (slow, fast) of the pixels ``pixel_mask`` marks).
+    Raises ValueError (the file is not of that format or is damaged) naming
+    the file, OSError when it cannot be read, FormatError for PNG or a
+    missing reader package.
+    """
+    path = os.fspath(path)
+    fmt = (fmt or format_from_extension(path, "smv")).lower()
+    if fmt not in FORMATS:
+        raise FormatError(f"unknown image format {fmt!r} (one of {', '.join(FORMATS)})")
+    if fmt == "png":
+        raise FormatError(f"{path}: PNG is a preview; read the float, SMV, CBF or NeXus image")
+    check_available(fmt)
+    info: dict = {"format": fmt}
+    if fmt == "smv":
+        from .smv import read_smv, smv_geometry
+        header, image = read_smv(path)
+        info.update(smv_geometry(header))
+        info["header"] = header
+    elif fmt == "cbf":
+        from .cbf import cbf_geometry, read_cbf
+        header, image = read_cbf(path)
+        info.update(cbf_geometry(header, path))
+        info["header"] = header
+    elif fmt in ("h5", "nxs"):
+        from .nexus import read_nexus
+        geo, image, mask = read_nexus(path)
+        info.update(geo)
+        info["mask"] = mask
+    elif fmt == "float":
+        from .raw import read_float
+        image = read_float(path, shape)
+    else:
+        from .pgm import read_pgm
+        image, comment = read_pgm(path)
+        info["comment"] = comment
+    info.setdefault("spixels", int(image.shape[0]))
+    info.setdefault("fpixels", int(image.shape[1]))
+    return image, info

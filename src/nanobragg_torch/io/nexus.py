@@ -37,11 +37,14 @@ import datetime
 
 import numpy as np
 
-__all__ = ["write_nexus", "DETECTOR", "MODULE"]
+__all__ = ["write_nexus", "read_nexus", "nexus_geometry", "stack_nexus", "DETECTOR", "MODULE", "NO_THICKNESS_M"]
 
 DETECTOR = "/entry/instrument/detector"
 MODULE = DETECTOR + "/module"
 USER_MASK_BIT = 1 << 8
+#: sensor thickness written when the simulation has none (1 nm: the largest parallax shift dxtbx
+#: computes from it, thickness * tan(angle), is below 1e-5 pixel of 100 um at 60 deg)
+NO_THICKNESS_M = 1e-9
 
 
 def _str(group, name, value):
@@ -80,10 +83,12 @@ def _need(meta: dict, *keys):
 
 
 def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
-    """Write ``image`` (slow, fast) as a one-frame NXmx file, atomically.
+    """Write ``image`` (slow, fast) as a one-frame NXmx file, or a stack (frames, slow, fast) as a
+    rotation sweep in one file, atomically.
 
     Integer images are stored as int32 (counts), others as float32.
-    ``meta`` is a :func:`~.formats.frame_metadata` dictionary.
+    ``meta`` is a :func:`~.formats.frame_metadata` dictionary; frame ``i`` of
+    a stack starts at ``phi_start_deg + i * osc_range_deg``.
     """
     import h5py
 
@@ -91,7 +96,12 @@ def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
 
     _need(meta, "pixel_size_m", "wavelength_m", "fdet", "sdet", "pix0_m", "beam_vector")
     img = np.asarray(image)
-    S, F = img.shape
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3 or 0 in img.shape:
+        from .formats import FormatError
+        raise FormatError(f"NeXus image must be (slow, fast) or (frames, slow, fast), got shape {img.shape}")
+    N, S, F = img.shape
     is_int = np.issubdtype(img.dtype, np.integer)
     if is_int:
         from .cbf import cbf_counts
@@ -129,7 +139,7 @@ def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
         _num(beam, "incident_wavelength", float(meta["wavelength_m"]) * 1e10, "angstrom")
 
         det = _group(inst, "detector", "NXdetector")
-        dset = det.create_dataset("data", data=data.reshape(1, S, F), chunks=(1, S, F),
+        dset = det.create_dataset("data", data=data.reshape(N, S, F), chunks=(1, S, F),
                                   compression="gzip", compression_opts=4, shuffle=True)
         if is_int:
             dset.attrs["units"] = "counts"
@@ -138,14 +148,18 @@ def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
         _str(det, "depends_on", DETECTOR + "/transformations/origin")
         _str(det, "description", "nanoBragg simulated pixel-array detector")
         _str(det, "type", "pixel")
+        # NXmx: distance from the sample to the beam centre (where the beam meets the detector)
         _num(det, "distance", float(meta.get("distance_m", origin_len)), "m")
-        _str(det, "distance_derived", "false")
+        det.create_dataset("distance_derived", data=np.bool_(True))   # computed from the axes below
         _num(det, "beam_center_x", float(meta.get("beam_center_fast_m", 0.0)) / px, "pixel")
         _num(det, "beam_center_y", float(meta.get("beam_center_slow_m", 0.0)) / px, "pixel")
         _num(det, "x_pixel_size", px, "m")
         _num(det, "y_pixel_size", px, "m")
         _str(det, "sensor_material", "Silicon")
-        _num(det, "sensor_thickness", float(meta.get("sensor_thickness_m", 0.0)), "m")
+        # dxtbx always models parallax from sensor_thickness and asserts it is > 0; a simulation
+        # without a sensor thickness writes NO_THICKNESS_M, far too thin to shift any spot
+        thick = float(meta.get("sensor_thickness_m", 0.0))
+        _num(det, "sensor_thickness", thick if thick > 0 else NO_THICKNESS_M, "m")
         _num(det, "count_time", float(meta.get("exposure_s", 1.0)), "s")
         if is_int:
             _num(det, "saturation_value", 65535 if img.dtype.itemsize <= 2 and
@@ -174,9 +188,10 @@ def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
         strans = _group(sample, "transformations", "NXtransformations")
         phi0 = float(meta.get("phi_start_deg", 0.0))
         osc = float(meta.get("osc_range_deg", 0.0))
-        _axis(strans, "phi", [phi0], "rotation", spindle, ".", "deg")
+        starts = [phi0 + i * osc for i in range(N)]
+        _axis(strans, "phi", starts, "rotation", spindle, ".", "deg")
         _num(strans, "phi_increment_set", osc, "deg")
-        _num(strans, "phi_end", [phi0 + osc], "deg")
+        _num(strans, "phi_end", [x + osc for x in starts], "deg")
         sample["beam"] = beam                 # NXmx 2020+: the beam also under the sample
 
         data_group = _group(entry, "data", "NXdata")
@@ -193,9 +208,171 @@ def write_nexus(path: str, image: np.ndarray, meta: dict) -> None:
                 _num(coll, key, [float(v) for v in meta[key]], None)
         for key in ("pixel_size_m", "distance_m", "close_distance_m", "wavelength_m",
                     "beam_center_fast_m", "beam_center_slow_m", "phi_start_deg", "osc_range_deg",
-                    "twotheta_deg", "orgx", "orgy", "fluence", "polarization"):
+                    "twotheta_deg", "orgx", "orgy", "fluence", "polarization", "sensor_thickness_m"):
             if key in meta:
                 _num(coll, key, float(meta[key]), None)
         if "convention" in meta:
             _str(coll, "convention", str(meta["convention"]))
         _num(coll, "lab_to_mcstas", R, None)
+
+
+def _scalar(node):
+    v = node[()]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    arr = np.asarray(v)
+    return arr.reshape(-1)[0].item() if arr.size else None
+
+
+def _in_metres(ds) -> float:
+    """A length dataset's value in metres (its ``units`` m, mm, um or nm)."""
+    units = ds.attrs.get("units", b"m")
+    units = units.decode() if isinstance(units, bytes) else str(units)
+    scale = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "micron": 1e-6, "microns": 1e-6, "nm": 1e-9}.get(units.strip())
+    if scale is None:
+        raise ValueError(f"{ds.file.filename}: {ds.name} has units {units!r} (expected a length)")
+    return float(_scalar(ds)) * scale
+
+
+def nexus_geometry(path: str) -> dict:
+    """The NXmx fields of a file written by :func:`write_nexus` (or any one-module NXmx file).
+
+    Keys: ``fpixels``, ``spixels``, ``pixel_size_m``, ``distance_m``,
+    ``beam_center_fast_m``/``beam_center_slow_m`` (from ``beam_center_x/y``
+    in pixels), ``wavelength_m``, ``phi_start_deg``, ``osc_range_deg``,
+    ``sensor_thickness_m`` and, when the file has them, the nanoBragg-frame
+    vectors of ``/entry/nanobragg``.  Raises ValueError naming the file and
+    the missing field.
+    """
+    import h5py
+    out: dict = {}
+    with h5py.File(path, "r") as fh:
+        def need(name):
+            if name not in fh:
+                raise ValueError(f"{path}: NeXus file has no {name}")
+            return fh[name]
+        data = need(DETECTOR + "/data")
+        if data.ndim not in (2, 3):
+            raise ValueError(f"{path}: {DETECTOR}/data is not an image stack (shape {data.shape})")
+        out["spixels"], out["fpixels"] = (int(x) for x in data.shape[-2:])
+        px = _in_metres(need(DETECTOR + "/x_pixel_size"))
+        out["pixel_size_m"] = px
+        if DETECTOR + "/y_pixel_size" in fh:
+            out["pixel_size_slow_m"] = _in_metres(fh[DETECTOR + "/y_pixel_size"])
+        if DETECTOR + "/distance" in fh:
+            out["distance_m"] = _in_metres(fh[DETECTOR + "/distance"])
+        for key, name in (("beam_center_fast_m", "beam_center_x"), ("beam_center_slow_m", "beam_center_y")):
+            if DETECTOR + "/" + name in fh:
+                out[key] = float(_scalar(fh[DETECTOR + "/" + name])) * px
+        wl = need("/entry/instrument/beam/incident_wavelength")
+        units = wl.attrs.get("units", b"angstrom")
+        units = units.decode() if isinstance(units, bytes) else str(units)
+        scale = {"angstrom": 1e-10, "A": 1e-10, "nm": 1e-9, "m": 1.0}.get(units.strip())
+        if scale is None:
+            raise ValueError(f"{path}: incident_wavelength has units {units!r}")
+        out["wavelength_m"] = float(_scalar(wl)) * scale
+        if "/entry/sample/transformations/phi" in fh:
+            out["phi_start_deg"] = float(np.asarray(fh["/entry/sample/transformations/phi"][()]).reshape(-1)[0])
+        if "/entry/sample/transformations/phi_increment_set" in fh:
+            out["osc_range_deg"] = float(_scalar(fh["/entry/sample/transformations/phi_increment_set"]))
+        if DETECTOR + "/sensor_thickness" in fh:
+            out["sensor_thickness_m"] = _in_metres(fh[DETECTOR + "/sensor_thickness"])
+        if "/entry/nanobragg" in fh:
+            for key, ds in fh["/entry/nanobragg"].items():
+                v = ds[()]
+                out["nanobragg_" + key] = v.decode() if isinstance(v, bytes) else np.asarray(v).tolist()
+            if "sensor_thickness_m" in fh["/entry/nanobragg"]:
+                out["sensor_thickness_m"] = float(_scalar(fh["/entry/nanobragg/sensor_thickness_m"]))
+        elif out.get("sensor_thickness_m", 0.0) <= NO_THICKNESS_M:
+            out["sensor_thickness_m"] = 0.0
+    return out
+
+
+def read_nexus(path: str, frame: int = 0):
+    """Read one frame of an NXmx file: ``(geometry dict, image (slow, fast), mask or None)``.
+
+    The image keeps its stored type (int32 counts or float32 photons); the
+    mask is a bool (slow, fast) array of the pixels ``pixel_mask`` marks
+    (any bit set), or None when the file has no ``pixel_mask``.  The
+    geometry is :func:`nexus_geometry`.  Raises ValueError naming the file
+    when it is not an NXmx image file.
+    """
+    import h5py
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as e:
+        if not __import__("os").path.exists(path):
+            raise
+        raise ValueError(f"{path}: not an HDF5/NeXus file ({e})") from None
+    with fh:
+        if DETECTOR + "/data" not in fh:
+            raise ValueError(f"{path}: NeXus file has no {DETECTOR}/data")
+        data = fh[DETECTOR + "/data"]
+        if data.ndim == 3:
+            if not 0 <= frame < data.shape[0]:
+                raise ValueError(f"{path}: frame {frame} out of range (the file has {data.shape[0]})")
+            image = np.asarray(data[frame])
+        elif data.ndim == 2:
+            image = np.asarray(data[()])
+        else:
+            raise ValueError(f"{path}: {DETECTOR}/data is not an image (shape {data.shape})")
+        mask = None
+        if DETECTOR + "/pixel_mask" in fh:
+            m = np.asarray(fh[DETECTOR + "/pixel_mask"][()])
+            if m.shape == image.shape:
+                mask = m != 0
+    return nexus_geometry(path), image, mask
+
+
+def stack_nexus(paths, out: str) -> None:
+    """Join one-frame NXmx files of the same detector into one rotation-sweep file ``out``, atomically.
+
+    The files must have the same image shape and consecutive spindle angles
+    ``phi_i = phi_0 + i * osc`` (``osc`` the first file's increment); the
+    geometry, mask and everything else come from the first file.  Raises
+    ValueError naming the file that does not fit.
+    """
+    import h5py
+
+    from .formats import atomic_path
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("stack_nexus: no input files")
+    frames, starts = [], []
+    geo0 = None
+    for p in paths:
+        geo, image, _ = read_nexus(p)
+        if geo0 is None:
+            geo0 = geo
+        elif image.shape != frames[0].shape:
+            raise ValueError(f"{p}: image shape {image.shape} differs from {paths[0]}'s {frames[0].shape}")
+        frames.append(image)
+        starts.append(float(geo.get("phi_start_deg", 0.0)))
+    osc = float(geo0.get("osc_range_deg", 0.0))
+    for i, (p, phi) in enumerate(zip(paths, starts)):
+        if abs(phi - (starts[0] + i * osc)) > 1e-6:
+            raise ValueError(f"{p}: spindle angle {phi:g} deg is not {starts[0] + i * osc:g} "
+                             f"(frames must follow each other by {osc:g} deg)")
+    stack = np.stack(frames)
+    with atomic_path(out) as tmp:
+        with h5py.File(paths[0], "r") as src, h5py.File(tmp, "w") as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            for name in src:
+                src.copy(src[name], dst, name=name, expand_soft=False)
+            det = dst[DETECTOR]
+            attrs = dict(det["data"].attrs)
+            del dst["/entry/data/data"]
+            del det["data"]
+            dset = det.create_dataset("data", data=stack, chunks=(1,) + stack.shape[1:],
+                                      compression="gzip", compression_opts=4, shuffle=True)
+            for key, value in attrs.items():
+                dset.attrs[key] = value
+            dst["/entry/data/data"] = dset
+            strans = dst["/entry/sample/transformations"]
+            phi_attrs = dict(strans["phi"].attrs)
+            del strans["phi"], strans["phi_end"]
+            phi = strans.create_dataset("phi", data=np.asarray(starts, dtype="f8"))
+            for key, value in phi_attrs.items():
+                phi.attrs[key] = value
+            _num(strans, "phi_end", [x + osc for x in starts], "deg")

@@ -411,3 +411,39 @@ def int_image(
     out = np.zeros(img.shape, dtype=np.uint16)
     out[rows, cols] = c_cast_unsigned(rounded, 16)
     return out, scale
+
+
+def smv_geometry(header: Mapping[str, str]) -> Dict[str, float]:
+    """Geometry (SI units) that an SMV header of this program states, by the keys' meanings.
+
+    ``DISTANCE`` (mm: sample to where the beam meets the detector) ->
+    ``distance_m``; ``PIXEL_SIZE`` -> ``pixel_size_m``; ``WAVELENGTH`` ->
+    ``wavelength_m``; ``ADXV_CENTER_X`` and ``SIZE2*PIXEL_SIZE -
+    ADXV_CENTER_Y`` -> ``beam_center_fast_m``/``beam_center_slow_m`` (from the
+    outer corner of the first pixel); ``OSC_START``/``OSC_RANGE`` -> degrees.
+    Keys that are absent or not numbers are left out.
+    """
+    def num(key):
+        v = header.get(key)
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            return None
+        return x if math.isfinite(x) else None
+    out: Dict[str, float] = {}
+    px, d, wl = num("PIXEL_SIZE"), num("DISTANCE"), num("WAVELENGTH")
+    if px is not None:
+        out["pixel_size_m"] = px * 1e-3
+    if d is not None:
+        out["distance_m"] = d * 1e-3
+    if wl is not None:
+        out["wavelength_m"] = wl * 1e-10
+    ax, ay, n2 = num("ADXV_CENTER_X"), num("ADXV_CENTER_Y"), num("SIZE2")
+    if ax is not None and ay is not None and px is not None and n2 is not None:
+        out["beam_center_fast_m"] = ax * 1e-3
+        out["beam_center_slow_m"] = (n2 * px - ay) * 1e-3
+    for key, name in (("OSC_START", "phi_start_deg"), ("OSC_RANGE", "osc_range_deg")):
+        v = num(key)
+        if v is not None:
+            out[name] = v
+    return out

@@ -137,3 +137,76 @@ def render(S, F, O, geo, px, curved, point_pixel, inc, lam_A, w, kahn, pol_axis,
              f64(table.stol), f64(table.coefficients), f64(table.origins), float(scale),
              np.asarray(roi, dtype=np.int64), bool(fmap), out)
     return out
+
+
+def _outputs_k(img, x0, x1, y0, y1, iscale_in, adc, pscale_in, intimg, pgm, stats):
+    """nonBragg's statistics, SMV scaling and PGM of a float image, in three passes over the ROI."""
+    S, F = img.shape
+    n = 0
+    total = 0.0
+    sumsq = 0.0
+    max_I = 0.0
+    for s in range(y0, y1 + 1):
+        for f in range(x0, x1 + 1):
+            v = np.float64(img[s, f])
+            n += 1
+            total += v
+            sumsq += v * v
+            if v > max_I:
+                max_I = v
+    nn = n if n > 0 else 1
+    avg = total / nn
+    rms = math.sqrt(sumsq / (nn - 1 if nn > 1 else 1))
+    dev = 0.0
+    for s in range(y0, y1 + 1):
+        for f in range(x0, x1 + 1):
+            t = np.float64(img[s, f]) - avg
+            dev += t * t
+    rmsd = math.sqrt(dev / (nn - 1 if nn > 1 else 1))
+    iscale = iscale_in
+    if iscale <= 0.0:
+        iscale = 55000.0 / max_I if max_I > 0.0 else 1.0
+    pscale = pscale_in
+    if pscale <= 0.0:
+        pscale = 250.0 / (5.0 * rmsd) if rmsd > 0.0 else iscale
+    for s in range(y0, y1 + 1):
+        for f in range(x0, x1 + 1):
+            v = np.float64(img[s, f])
+            t = v * iscale + adc
+            if t > 65535.0:
+                t = 65535.0
+            if t < 0.0:
+                t = 0.0
+            intimg[s, f] = np.uint16(math.floor(np.float32(t + 0.5)))
+            p = v * pscale
+            if p > 255.0:
+                p = 255.0
+            if p > -2147483649.0 and p < 2147483648.0:
+                pgm[s, f] = np.uint8(np.int64(p) & 0xFF)
+            else:
+                pgm[s, f] = 0
+    stats[0], stats[1], stats[2], stats[3], stats[4], stats[5] = max_I, avg, rms, rmsd, iscale, pscale
+
+
+_OUT = None
+
+
+def image_outputs(img: np.ndarray, roi, intfile_scale: float, adc: float, pgm_scale: float):
+    """(max_I, mean, rms, rmsd, intfile_scale, pgm_scale, SMV uint16 image, PGM uint8 image)."""
+    global _OUT
+    with _LOCK:
+        if _OUT is None:
+            try:
+                import numba
+                _OUT = numba.njit(cache=True, error_model="numpy")(_outputs_k)
+            except Exception:  # pragma: no cover
+                _OUT = _outputs_k
+    S, F = img.shape
+    x0, x1 = max(int(roi[0]), 0), min(int(roi[1]), F - 1)
+    y0, y1 = max(int(roi[2]), 0), min(int(roi[3]), S - 1)
+    intimg = np.zeros((S, F), np.uint16)
+    pgm = np.zeros((S, F), np.uint8)
+    stats = np.zeros(6)
+    _OUT(np.ascontiguousarray(img, dtype=np.float32), x0, x1, y0, y1, float(intfile_scale), float(adc),
+         float(pgm_scale), intimg, pgm, stats)
+    return (*(float(v) for v in stats), intimg, pgm)

@@ -22,6 +22,10 @@ positive, blue negative) and ``summary.json`` (commands, run times, shapes and
 the metrics: correlation, MSE, RMSE, max |diff|, sums and their ratio, over the
 full frame or ``--roi xmin xmax ymin ymax``).
 
+``nb-compare [options] --images C_IMAGE PY_IMAGE`` compares two image files
+that already exist instead (raw float, SMV, CBF or NeXus, by extension; a raw
+float file needs no shape when it is square, else ``--shape FAST SLOW``).
+
 Exit status: 0 success, 1 usage, 2 a runner failed, 3 correlation below
 ``--threshold`` (default 0.999), 4 image shapes differ (unless ``--resample``),
 5 I/O or parse error.
@@ -201,6 +205,21 @@ def read_float_image(path: str, shape: Optional[Tuple[int, int]]) -> np.ndarray:
     return data.reshape(side, side)
 
 
+def read_any_image(path: str, shape: Optional[Tuple[int, int]]) -> np.ndarray:
+    """An image file of any format this package reads (by extension; raw float for .bin), as float64."""
+    from ..io.formats import FormatError, format_from_extension, read_image
+    fmt = format_from_extension(path, "float")
+    if fmt == "float":
+        return read_float_image(path, shape).astype(np.float64)
+    try:
+        image, _ = read_image(path, fmt)
+    except FormatError as e:
+        raise CompareError(EXIT_IO, str(e))
+    except ValueError as e:
+        raise CompareError(EXIT_IO, f"cannot read image {path}: {e}")
+    return np.asarray(image, dtype=np.float64)
+
+
 def resample_nearest(img: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     S, F = shape
     rows = np.minimum((np.arange(S) + 0.5) * img.shape[0] / S, img.shape[0] - 1).astype(int)
@@ -295,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="if the shapes differ, resample the py image to the C image's shape (nearest)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds allowed per program")
     ap.add_argument("--quiet", "-q", action="store_true", help="print only the verdict")
+    ap.add_argument("--images", nargs=2, metavar=("C_IMAGE", "PY_IMAGE"),
+                    help="compare these two existing image files (raw float, SMV, CBF or NeXus) "
+                         "instead of running the programs")
+    ap.add_argument("--shape", nargs=2, type=int, metavar=("FAST", "SLOW"),
+                    help="with --images: the pixel counts of a raw float file that is not square")
     return ap
 
 
@@ -311,6 +335,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:
         return EXIT_OK if e.code == 0 else EXIT_USAGE
     err = lambda msg: print(f"nb-compare: error: {msg}", file=sys.stderr)
+    if opts.images:
+        if forwarded:
+            err("--images compares existing files; give no nanoBragg flags after '--'")
+            return EXIT_USAGE
+        return _compare_files(opts, err)
     if not forwarded:
         err("no nanoBragg flags given; put them after '--'")
         return EXIT_USAGE
@@ -440,6 +469,49 @@ def main(argv: Optional[List[str]] = None) -> int:
         err(f"cannot write summary.json: {e.strerror or e}")
         if code == EXIT_OK:
             code = EXIT_IO
+    _report(summary, code, message, opts.quiet)
+    return code
+
+
+def _compare_files(opts, err) -> int:
+    """--images: compare two existing files (the metrics and the verdict of a normal run)."""
+    c_path, p_path = opts.images
+    outdir = os.path.abspath(opts.outdir) if opts.outdir else None
+    summary: Dict = {"images": {"c": c_path, "py": p_path}, "roi": opts.roi, "threshold": opts.threshold,
+                     "outdir": outdir or "-"}
+    code, message = EXIT_OK, ""
+    shape = (opts.shape[1], opts.shape[0]) if opts.shape else None
+    try:
+        img_c, img_p = read_any_image(c_path, shape), read_any_image(p_path, shape)
+        summary["shape"] = {"c": list(img_c.shape), "py": list(img_p.shape)}
+        if img_c.shape != img_p.shape:
+            raise CompareError(EXIT_SHAPE, f"image shapes differ: c {img_c.shape[1]}x{img_c.shape[0]}, "
+                                           f"py {img_p.shape[1]}x{img_p.shape[0]} (fast x slow)")
+        sl = (slice(None), slice(None))
+        if opts.roi is not None:
+            x0, x1, y0, y1 = opts.roi
+            if x1 >= img_c.shape[1] or y1 >= img_c.shape[0]:
+                raise CompareError(EXIT_USAGE, f"--roi {x0} {x1} {y0} {y1} is outside the image")
+            sl = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+        metrics = image_metrics(img_c[sl], img_p[sl])
+        summary["metrics"] = metrics
+        if not (metrics["correlation"] >= opts.threshold):
+            raise CompareError(EXIT_CORRELATION, f"correlation {metrics['correlation']:.6f} is below the "
+                                                 f"threshold {opts.threshold:g}")
+    except CompareError as e:
+        code, message = e.code, str(e)
+    except OSError as e:
+        code, message = EXIT_IO, f"{e.filename or ''}: {e.strerror or e}"
+    summary["exit_code"] = code
+    summary["passed"] = code == EXIT_OK
+    if outdir:
+        try:
+            os.makedirs(outdir, exist_ok=True)
+            with open(os.path.join(outdir, "summary.json"), "w") as fh:
+                json.dump(_json_clean(summary), fh, indent=2)
+        except OSError as e:
+            err(f"cannot write summary.json: {e.strerror or e}")
+            code = code or EXIT_IO
     _report(summary, code, message, opts.quiet)
     return code
 
