@@ -528,3 +528,35 @@ def test_atomic_writes(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_c_noise_kernel_equals_the_numba_kernel():
+    """backends/cnoise.c draws the same deviates as rng._noise_k, state included."""
+    from nanobragg_torch import rng as R
+    from nanobragg_torch.backends import cnoise
+    lib = cnoise.load()
+    if lib is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the C noise kernel did not build in CI: {cnoise._error}")
+        pytest.skip(f"no C noise kernel: {cnoise._error}")
+    R.enable_jit()
+    gen = np.random.default_rng(5)
+    img = np.concatenate([gen.uniform(0, 3, 300), gen.uniform(5, 40, 300), gen.uniform(1e3, 1e5, 100),
+                          [0.0, 11.999, 12.0, 1e6, 2e6, 7e4, -1.0, 65600.0, 1e9]]).astype(np.float32)
+    img = np.resize(img, (37, 29)).copy()
+    outs = []
+    for kernel in ("c", "numba"):
+        ist = np.zeros(R._ISTATE_LEN, dtype=np.int64)
+        fst = np.zeros(R._FSTATE_LEN, dtype=np.float64)
+        fst[R._F_OLDM] = -1.0
+        seed = np.array([-7], dtype=np.int64)
+        out = np.zeros(img.shape, dtype=np.uint16)
+        if kernel == "c":
+            res = cnoise.noise(lib, img, 2, 26, 1, 35, 40.0, ist, fst, seed, out)
+        else:
+            res = R._noise_k(img, 2, 26, 1, 35, 40.0, ist, fst, seed, out)
+        outs.append((out, res, ist.copy(), fst.copy(), int(seed[0])))
+    (oc, rc, ic, fc, sc), (on, rn, in_, fn, sn) = outs
+    assert np.array_equal(oc, on) and rc[0] == rn[0] and rc[1] == rn[1]
+    assert np.array_equal(ic, in_) and np.array_equal(fc, fn) and sc == sn
+    assert oc[1:36, 2:27].max() == 65535 and rc[1] >= 1      # the overload path ran

@@ -386,6 +386,12 @@ def enable_jit() -> bool:
         return True
 
 
+def _c_noise():
+    """The C twin of _noise_k (backends/cnoise.c) when it can be built and loaded, else None."""
+    from .backends import cnoise
+    return cnoise.load()
+
+
 def preload_jit() -> bool:
     """enable_jit() and load (or compile) the noise kernel's machine code now.
 
@@ -393,6 +399,8 @@ def preload_jit() -> bool:
     seconds numba needs overlap with torch's work.  Touches no generator state
     (a 1x1 image on scratch state arrays).
     """
+    if _c_noise() is not None:
+        return True
     if not enable_jit():
         return False
     _noise_k(np.zeros((1, 1), dtype=np.float32), 0, 0, 0, 0, 40.0,
@@ -515,12 +523,18 @@ class CRandom:
             xmin, xmax, ymin, ymax = 0, nfast - 1, 0, nslow - 1
         else:
             xmin, xmax, ymin, ymax = (int(v) for v in roi)
-        enable_jit()
         seed = self._seed_array(stream)
         out = np.zeros((nslow, nfast), dtype=np.uint16)
-        photons, overloads = _noise_k(
-            img, xmin, xmax, ymin, ymax, float(adc), self._ist, self._fst, seed, out
-        )
+        lib = _c_noise()
+        if lib is not None:
+            from .backends import cnoise
+            photons, overloads = cnoise.noise(lib, img, xmin, xmax, ymin, ymax, float(adc),
+                                              self._ist, self._fst, seed, out)
+        else:
+            enable_jit()
+            photons, overloads = _noise_k(
+                img, xmin, xmax, ymin, ymax, float(adc), self._ist, self._fst, seed, out
+            )
         stream.idum = int(seed[0])
         return out, float(photons), int(overloads)
 

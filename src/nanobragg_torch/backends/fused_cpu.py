@@ -19,21 +19,18 @@ the reason, and ``auto`` renders through the torch backend.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 import torch
 
-_HERE = Path(__file__).resolve().parent
+from . import cbuild
+
 _SOURCES = ("fused_cpu.c", "fused_kernel.h")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno",
          "-fno-trapping-math", "-ffp-contract=fast", "-pthread")
@@ -74,71 +71,23 @@ class _Params(ctypes.Structure):
     ]
 
 
-def cache_dir() -> Path:
-    """Where built kernels are kept (created on demand)."""
-    env = os.environ.get("NANOBRAGG_TORCH_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nanobragg_torch"
-
-
-def compiler() -> Optional[str]:
-    """Path of the C compiler that builds the kernel, or None."""
-    cc = os.environ.get("CC", "cc")
-    return shutil.which(cc)
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return line.strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() + platform.machine()
+cache_dir = cbuild.cache_dir
+compiler = cbuild.compiler
 
 
 def library_path(cc: str) -> Path:
     """The cache file for these sources, flags, compiler and CPU."""
-    h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update((_HERE / name).read_bytes())
-    st = os.stat(cc)
-    h.update(repr((FLAGS, os.path.realpath(cc), st.st_size, int(st.st_mtime), _cpu_flags(), ABI_VERSION)).encode())
-    return cache_dir() / f"fused_cpu-{h.hexdigest()[:20]}.so"
+    return cbuild.library_path("fused_cpu", _SOURCES, FLAGS, ABI_VERSION, cc)
 
 
 def build(verbose: bool = False) -> Path:
     """Compile the kernel into the cache (if not there yet) and return its path."""
     global build_seconds
-    cc = compiler()
-    if cc is None:
-        raise RuntimeError(f"no C compiler ({os.environ.get('CC', 'cc')!r} not found on PATH)")
-    path = library_path(cc)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.so", dir=str(path.parent))
-    os.close(fd)
-    cmd = [cc, *FLAGS, str(_HERE / "fused_cpu.c"), "-o", tmp, "-lm"]
-    print(f"nanoBragg: note: building the fused CPU kernel, once for this machine (cached in {path.parent})",
-          file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode != 0:
-            msg = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
-            raise RuntimeError(f"compiling the kernel failed: {msg}")
-        os.replace(tmp, path)          # atomic: a concurrent process sees the whole file or none
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    build_seconds = time.perf_counter() - t0
-    if verbose:
-        print(f"built {path} in {build_seconds:.2f} s")
+    path, seconds = cbuild.build_library("fused_cpu", _SOURCES, FLAGS, ABI_VERSION, "fused CPU kernel")
+    if seconds is not None:
+        build_seconds = seconds
+        if verbose:
+            print(f"built {path} in {build_seconds:.2f} s")
     return path
 
 

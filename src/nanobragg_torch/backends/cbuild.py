@@ -1,0 +1,90 @@
+"""Build a small C library once per machine into a per-user cache, and load it (no torch import).
+
+Used by the fused CPU kernel (:mod:`.fused_cpu`) and the noise kernel (:mod:`.cnoise`).
+The cache is ``$NANOBRAGG_TORCH_CACHE`` or ``$XDG_CACHE_HOME/nanobragg_torch`` (default
+``~/.cache/nanobragg_torch``); a library's file name hashes its sources, the flags, the
+compiler and the CPU's feature flags, so a change of any of them builds a new one, and
+later processes only load the cached file (milliseconds).  Builds are atomic (a temporary
+file renamed into place), so concurrent processes see the whole library or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept (created on demand)."""
+    env = os.environ.get("NANOBRAGG_TORCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nanobragg_torch"
+
+
+def compiler() -> Optional[str]:
+    """Path of the C compiler that builds the kernels, or None."""
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return line.strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() + platform.machine()
+
+
+def library_path(stem: str, sources: Sequence[str], flags: Sequence[str], abi: int, cc: str) -> Path:
+    """The cache file for these sources, flags, ABI version, compiler and CPU."""
+    h = hashlib.sha256()
+    for name in sources:
+        h.update((HERE / name).read_bytes())
+    st = os.stat(cc)
+    h.update(repr((tuple(flags), os.path.realpath(cc), st.st_size, int(st.st_mtime), cpu_flags(), abi)).encode())
+    return cache_dir() / f"{stem}-{h.hexdigest()[:20]}.so"
+
+
+def build_library(stem: str, sources: Sequence[str], flags: Sequence[str], abi: int,
+                  what: str) -> "tuple[Path, Optional[float]]":
+    """Compile ``sources[0]`` (which includes the others) into the cache if it is not there yet.
+
+    Returns (path, seconds spent compiling, or None when the cached file was used).  A
+    missing compiler or a failed compilation raises RuntimeError with a one-line reason.
+    """
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError(f"no C compiler ({os.environ.get('CC', 'cc')!r} not found on PATH)")
+    path = library_path(stem, sources, flags, abi, cc)
+    if path.exists():
+        return path, None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.so", dir=str(path.parent))
+    os.close(fd)
+    cmd = [cc, *flags, str(HERE / sources[0]), "-o", tmp, "-lm"]
+    print(f"nanoBragg: note: building the {what}, once for this machine (cached in {path.parent})",
+          file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            msg = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise RuntimeError(f"compiling the {what} failed: {msg}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path, time.perf_counter() - t0
