@@ -25,6 +25,7 @@ import torch
 from ..config import R_E_SQR
 from ..io.formats import FormatError, check_available, format_from_extension, frame_metadata, write_image
 from ..io.hkl import InputFileError, write_fdump
+from ..models.detector import geometry_problem
 from .flags import RTD, FlagError, parse_flags
 from .resolve import SetupError, build_setup
 from .usage import usage_text
@@ -275,22 +276,14 @@ def check_outputs(plan: List[Output], st, path) -> None:
 
 #: one pixel's evaluations beyond which the engine cannot hold a chunk in memory
 MAX_WORK_PER_PIXEL = 1 << 25
-#: farther than this (m) the geometry overflows 4-byte floats on the way to the image (NaN)
-MAX_DETECTOR_DISTANCE = 1e15
 
 
 def check_work(st, prep) -> None:
     """Refuse a set-up whose single pixel would not fit in memory (e.g. absurd auto-oversampling)."""
     det, xt = st.detector, st.crystal
-    geo = prep.geometry
-    parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]
-    if not all(bool(torch.isfinite(p).all()) for p in parts):
-        raise SetupError("the detector geometry is not finite (degenerate detector vectors or rotations)")
-    far = max(abs(float(geo.distance)), float(torch.linalg.vector_norm(geo.pix0)))
-    if far > MAX_DETECTOR_DISTANCE:
-        raise SetupError("the direct beam meets the detector plane %g m from the sample: the beam runs "
-                         "(nearly) parallel to the detector; tilt it less, or pivot about the sample "
-                         "(-pivot sample, -close_distance)" % far)
+    problem = geometry_problem(prep.geometry, curved=det.curved)
+    if problem is not None:
+        raise SetupError(problem)
     O = prep.oversample
     T = det.thicksteps
     S = int(prep.sources.incident.shape[0])
