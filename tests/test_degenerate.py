@@ -135,3 +135,13 @@ def test_run_writes_nothing_for_refused_geometry(tmp_path):
     with pytest.raises(Exception, match="parallel to the detector"):
         run(ISSUE_COMMANDS["beam_in_plane_N3"].split() + OUT, out=io.StringIO(), cwd=str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["legal.hkl"]
+
+
+def test_overflow_of_the_float_image_is_refused(tmp_path):
+    """Found by the extended random run: a point pixel 1e-12 m from the sample with water
+    background overflows 4-byte floats (+inf); refused with one line, nothing written."""
+    rc, err = _main(tmp_path, "-cell 20 20 20 70 70 70 -N 0 -hkl legal.hkl -lambda 1 -detpixels_f 1 "
+                              "-detpixels_s 1 -pixel 1 -distance 1e-9 -curved_det -point_pixel -water 13 "
+                              "-oversample 1 -dtype float32 -seed 0 -mosaic_seed 0")
+    assert rc == 2 and err.count("\n") == 1 and "exceed the range of the 4-byte float image" in err
+    assert not (tmp_path / "f.bin").exists() and not (tmp_path / "i.img").exists()

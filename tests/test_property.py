@@ -148,7 +148,8 @@ def _write_inputs(folder: Path):
 _write_inputs(WORK)
 
 
-REFUSED_GEOMETRY = ("parallel to the detector", "sample lies in the detector plane", "too far to render")
+REFUSED_GEOMETRY = ("parallel to the detector", "sample lies in the detector plane", "too far to render",
+                    "exceed the range of the 4-byte float image")
 
 
 @cfg(100 if CI else 50)

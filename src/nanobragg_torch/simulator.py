@@ -31,6 +31,7 @@ import torch
 from .config import (AVOGADRO, R_E_SQR, WATER_F, WATER_MW, BeamConfig, CrystalConfig,
                      DetectorConfig, SimulationOptions, StructureFactorConfig)
 from .engine import RenderProblem, render
+from .devices import device_problem
 from .models.base import RefTracked, to_float
 from .models.beam import Beam, Sources
 from .models.crystal import Crystal, Lattice
@@ -357,6 +358,9 @@ def simulate(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
     """
     xt, det, bm, sf = as_models(crystal, detector, beam, structure_factors)
     options = _options_for(xt, options)
+    problem = device_problem(options.device)
+    if problem is not None:
+        raise ValueError(f"device {options.device}: {problem}")
     prep = prepare(xt, det, bm, device=options.device, dtype=torch.float64)
     problem = geometry_problem(prep.geometry, curved=det.settings.curved)
     if problem is not None:

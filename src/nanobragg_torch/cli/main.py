@@ -22,9 +22,12 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from .._console import is_broken_pipe
 from ..config import R_E_SQR
-from ..io.formats import FormatError, check_available, format_from_extension, frame_metadata, write_image
+from ..io.formats import (FormatError, check_available, format_from_extension, frame_metadata,
+                          missing_packages, missing_packages_message, write_image)
 from ..io.hkl import InputFileError, write_fdump
+from ..devices import device_problem
 from ..models.detector import geometry_problem
 from .flags import RTD, FlagError, parse_flags
 from .resolve import SetupError, build_setup
@@ -235,11 +238,17 @@ def check_outputs(plan: List[Output], st, path) -> None:
     seen = {}
     probed = {}
     for o in plan:
-        if o.fmt is not None:
+        if o.fmt is not None and not missing_packages([o.fmt]):
             try:
-                check_available(o.fmt)
+                check_available(o.fmt)          # an unknown format
             except FormatError as e:
                 raise FormatError(f"{o.flag} {o.name}: {e}") from None
+    # every output whose writer package is missing, and every such package, in one line
+    lacking = [o for o in plan if o.fmt is not None and missing_packages([o.fmt])]
+    if lacking:
+        raise FormatError(missing_packages_message([f"{o.flag} {o.name}" for o in lacking],
+                                                   missing_packages([o.fmt for o in lacking])))
+    for o in plan:
         if o.name == "":
             raise FlagError(f"{o.flag}: empty file name")
         full = path(o.name)
@@ -365,8 +374,9 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
     flags = parse_flags(argv)
     st = build_setup(flags, cwd=cwd)
     f = st.flags
-    if f.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SetupError(f"-device {f.device}: CUDA is not available on this machine")
+    problem = device_problem(f.device)
+    if problem is not None:
+        raise SetupError(f"-device {f.device}: {problem}")
     plan = plan_outputs(st)
     check_outputs(plan, st, path)
     writer = _Writer(plan, path)
@@ -407,6 +417,11 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
         print("WARNING: further warnings will not be printed! ", file=out)
     img32 = res.image.detach().to("cpu", torch.float64).numpy().astype(np.float32)
     bad = int(np.count_nonzero(~np.isfinite(img32)))
+    if bad and not np.isnan(img32).any():
+        # +inf only: the physics overflowed 4-byte floats (an extreme set-up), nothing is written
+        raise SetupError("%d pixels exceed the range of the 4-byte float image (more than %.3g photons): "
+                         "the set-up is extreme (the detector distance, -point_pixel, -fluence or -water)"
+                         % (bad, float(np.finfo(np.float32).max)))
     if bad:
         print("WARNING: %d pixels are not finite (NaN or overflow of 4-byte floats)" % bad, file=out)
     print("", file=out)
@@ -525,6 +540,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         error(e)
         return EXIT_IO
     except OSError as e:
+        if is_broken_pipe(e):       # the reader of stdout went away (| head): quiet, as in C
+            raise
         name = f"{e.filename}: " if getattr(e, "filename", None) else ""
         error(f"{name}{e.strerror or e}")
         return EXIT_IO

@@ -125,8 +125,10 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
     flags = parse_flags(argv)
     st = build_setup(flags, cwd=cwd)
     f = st.flags
-    if f.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SetupError(f"-device {f.device}: CUDA is not available on this machine")
+    from ..devices import device_problem
+    problem = device_problem(f.device)
+    if problem is not None:
+        raise SetupError(f"-device {f.device}: {problem}")
     prep = prepare(st.crystal, st.detector, st.beam, device=f.device, dtype=torch.float64)
     if hasattr(cli, "check_work"):
         cli.check_work(st, prep)
