@@ -91,7 +91,7 @@ FLAG_TABLE = [
     ("-pgmscale", "s", "auto", "scale of the PGM"),
     ("-nopgm", "", "", "do not write the PGM"),
     ("-pngfile", "FILE", "", "8-bit PNG preview (needs pillow)"),
-    ("-pngscale", "log|linear", "log", "brightness scale of the PNG preview"),
+    ("-pngscale", "asinh|log|linear", "asinh", "brightness scale of the PNG preview (asinh: spots over a dark background)"),
     ("-printout", "", "", "print pixel values"),
     ("-printout_pixel", "f s", "", "print one pixel's values"),
     ("-noprogress / -progress", "", "progress on a terminal", "progress bar"),

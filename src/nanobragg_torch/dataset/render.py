@@ -144,7 +144,7 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
     formats = _formats()
     if formats is not None:
         meta = formats.frame_metadata(st, prep)
-        meta["png_scale"] = getattr(f, "png_scale", "log")
+        meta["png_scale"] = getattr(f, "png_scale", "asinh")
         header, noise_header = meta["smv_header"], meta["smv_header_noise"]
     else:
         from ..io.smv import smv_header_values

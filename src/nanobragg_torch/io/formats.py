@@ -228,7 +228,7 @@ def write_image(path: str, image: np.ndarray, meta: dict, fmt: Optional[str] = N
             write_pgm(path, pgm, scale)
     elif fmt == "png":
         from .png import write_png
-        write_png(path, img, scale=meta.get("png_scale", "log"))
+        write_png(path, img, scale=meta.get("png_scale", "asinh"))
     elif fmt == "cbf":
         from .cbf import write_cbf
         write_cbf(path, img, meta)
