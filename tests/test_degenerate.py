@@ -145,3 +145,17 @@ def test_overflow_of_the_float_image_is_refused(tmp_path):
                               "-oversample 1 -dtype float32 -seed 0 -mosaic_seed 0")
     assert rc == 2 and err.count("\n") == 1 and "exceed the range of the 4-byte float image" in err
     assert not (tmp_path / "f.bin").exists() and not (tmp_path / "i.img").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    # found by the extended random run: the given odet (unit, so kept as the C keeps it) equals sdet
+    ("-distance 5 -detector_rotx 0 -detector_roty 2.22507e-311 -detector_rotz 0 -fdet_vector 0 0 1 "
+     "-sdet_vector 1 0 0 -beam_vector 1 0 0 -beam_vector 0 0 1", "axes are parallel"),
+    # a subnormal rotation leaves the beam exactly in the detector plane
+    ("-close_distance 70 -detector_rotx 0 -detector_roty 0 -detector_rotz 2.22507e-308 -beam_vector 0 1 0",
+     "parallel to the detector plane"),
+])
+def test_fuzz_found_degenerate_frames_are_refused(tmp_path, flags, message):
+    rc, err = _main(tmp_path, "-cell 20 20 20 70 70 70 -N 0 -hkl legal.hkl -lambda 1 -detpixels_f 1 "
+                              "-detpixels_s 1 -pixel 1 -oversample 1 -dtype float32 " + flags)
+    assert rc == 2 and err.count("\n") == 1 and message in err, err

@@ -149,7 +149,7 @@ _write_inputs(WORK)
 
 
 REFUSED_GEOMETRY = ("parallel to the detector", "sample lies in the detector plane", "too far to render",
-                    "exceed the range of the 4-byte float image")
+                    "exceed the range of the 4-byte float image", "axes are parallel")
 
 
 @cfg(100 if CI else 50)

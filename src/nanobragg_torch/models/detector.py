@@ -232,14 +232,20 @@ def geometry_problem(geo: DetectorGeometry, curved: bool = False) -> Optional[st
     plane through the sample (every pixel edge-on, a pixel at the sample has
     R = 0); a spot or a detector corner so far away that 4-byte floats overflow.
     """
-    parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]
-    if not all(bool(torch.isfinite(p.detach()).all()) for p in parts):
-        return "the detector geometry is not finite (degenerate detector vectors or rotations)"
+    axes = {"fast": geo.fdet.detach(), "slow": geo.sdet.detach(), "normal": geo.odet.detach()}
+    if all(bool(torch.isfinite(v).all()) for v in axes.values()):
+        for a, b in (("fast", "slow"), ("fast", "normal"), ("slow", "normal")):
+            if to_float(torch.linalg.vector_norm(torch.linalg.cross(axes[a], axes[b]))) < 1e-9:
+                return ("the detector's %s and %s axes are parallel (-fdet_vector, -sdet_vector, "
+                        "-odet_vector): they do not span a detector frame" % (a, b))
     ratio = abs(to_float(geo.ratio))
     if ratio < MIN_BEAM_NORMAL_COSINE:
         return ("the beam runs parallel to the detector plane (beam . detector normal = %.3g after the "
                 "rotations): it never meets the detector; tilt the detector or the beam"
                 % (ratio if ratio > 1e-300 else 0.0))
+    parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]
+    if not all(bool(torch.isfinite(p.detach()).all()) for p in parts):
+        return "the detector geometry is not finite (degenerate detector vectors or rotations)"
     far_spot = abs(to_float(geo.distance))
     if far_spot > MAX_DETECTOR_DISTANCE:
         return ("the direct beam meets the detector plane %g m from the sample: the beam runs "
