@@ -92,7 +92,7 @@ def steady_state(args, cwd, repeat, dtype, device="cpu", compiled=False):
             sync()
             times.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
-    return statistics.median(times), first, evals, statistics.median(cpus), res.compiled_chunks > 0
+    return statistics.median(times), first, evals, statistics.median(cpus), res.backend
 
 
 def main(argv=None):
@@ -127,10 +127,10 @@ def main(argv=None):
             row["ours_rss_mib"] = max(r[1] for r in runs)
             row["ours_cpu_s"] = statistics.median(r[2] for r in runs)
         if not a.no_steady:
-            steady, first, evals, steady_cpu, fused = steady_state(args, work, a.repeat, a.dtype, a.device,
+            steady, first, evals, steady_cpu, backend = steady_state(args, work, a.repeat, a.dtype, a.device,
                                                                   a.compile)
             row.update(ours_steady_s=steady, ours_first_render_s=first, evaluations=evals,
-                       ours_steady_cpu_s=steady_cpu, fused_kernels=fused)
+                       ours_steady_cpu_s=steady_cpu, backend=backend)
         if "c_wall_s" in row and "ours_steady_s" in row:
             row["ratio_c_over_steady"] = row["c_wall_s"] / row["ours_steady_s"]
         if "c_wall_s" in row and "ours_wall_s" in row:
@@ -140,7 +140,7 @@ def main(argv=None):
 
     hdr = f"{'case':4s} {'evaluations':>12s} {'C wall s':>9s} {'ours wall s':>11s} {'steady s':>9s} " \
           f"{'C/steady':>8s} {'C/wall':>7s} {'C RSS MiB':>9s} {'ours RSS MiB':>12s} " \
-          f"{'C cpu s':>8s} {'steady cpu s':>12s} {'first s':>8s} {'fused':>5s}"
+          f"{'C cpu s':>8s} {'steady cpu s':>12s} {'first s':>8s} {'backend':>7s}"
     print(f"# {platform.node()} {os.cpu_count()} cores, ours on {a.device}, dtype {a.dtype}, median of {a.repeat}"
           + (", -compile" if a.compile else ""))
     print(hdr)
@@ -151,7 +151,7 @@ def main(argv=None):
               f"{f(r, 'ratio_c_over_steady', '%8.2f'):>8s} {f(r, 'ratio_c_over_wall', '%7.2f'):>7s} "
               f"{f(r, 'c_rss_mib', '%9.0f'):>9s} {f(r, 'ours_rss_mib', '%12.0f'):>12s} "
               f"{f(r, 'c_cpu_s', '%8.2f'):>8s} {f(r, 'ours_steady_cpu_s', '%12.3f'):>12s} "
-              f"{f(r, 'ours_first_render_s', '%8.2f'):>8s} {('yes' if r.get('fused_kernels') else 'no'):>5s}")
+              f"{f(r, 'ours_first_render_s', '%8.2f'):>8s} {str(r.get('backend')):>7s}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         with open(a.json, "w") as fh:

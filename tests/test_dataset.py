@@ -182,7 +182,7 @@ def test_bad_setup_flag_is_reported_before_rendering(tmp_path, capsys):
 def _fake_render(fail=None):
     calls = []
 
-    def fake(jobs, fmt, noise, cwd, device):
+    def fake(jobs, fmt, noise, cwd, device, realism=None):
         out = []
         for job in jobs:
             calls.append(job.index)

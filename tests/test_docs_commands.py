@@ -51,7 +51,7 @@ INSTEAD = [
     "-floatfile example.bin -intfile example.img -noisefile example_noise.img -pgmfile example.pgm -seed 1",
     "python examples/make_inputs.py && git diff --no-index --exit-code examples/A.mat examples/A.mat.orig",
 ]
-PROGRAMS = ("nice ", "nanoBragg", "nb-compare", "compare-traces", "nanobragg-dataset", "python", "python3", "scripts/",
+PROGRAMS = ("nice ", "nanoBragg", "noisify", "nonBragg", "nb-compare", "compare-traces", "nanobragg-dataset", "python", "python3", "scripts/",
             ".venv/", "NB_C_BIN=", "mkdir", "cd ")
 
 

@@ -64,3 +64,13 @@ def compare_traces() -> None:
 def nanobragg_dataset() -> None:
     from .dataset.cli import main
     run_console(main)
+
+
+def noisify() -> None:
+    from .cli.noisify_main import main
+    run_console(main)
+
+
+def nonBragg() -> None:
+    from .cli.nonbragg_main import main
+    run_console(main)

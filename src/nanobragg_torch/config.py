@@ -162,6 +162,7 @@ class SimulationOptions:
     max_chunk_elements: Optional[int] = None   # None: engine.default_chunk_elements (2^19 CPU, 2^23 GPU)
     progress: bool = False
     compile: bool = False                 # fused kernels via torch.compile (engine.render's compiled)
+    backend: str = "auto"                 # auto | torch | fused | compile (nanobragg_torch.backends)
     # Reproduce the unmodified C program's known bugs, all at once (CLI -c_legacy): the phi = 0
     # carry-over (C-PARITY-001) and the compounding of the -oversample_thick/_polar/_omega factors.
     c_legacy: bool = False

@@ -42,58 +42,141 @@ from .physics.polarization import polarization_factor
 from .physics.rotation import rotate_axis
 
 
+Tensor = torch.Tensor
+Number = object          # a Python float, or a 0-d tensor where it carries a gradient / is fractional
+
+
+@dataclass
+class DetectorPart:
+    """The pixel array: lab-frame geometry and the sensor (tensors of the compute dtype/device)."""
+    spixels: int                  # rows (slow axis)
+    fpixels: int                  # columns (fast axis)
+    pixel_size: Tensor            # () m
+    oversample: int               # sub-pixels per pixel edge (O)
+    thicksteps: int               # sensor layers (T)
+    thickstep: Tensor             # () m, one layer
+    mu: Tensor                    # () 1/m, sensor attenuation coefficient
+    thickness_on: bool            # a sensor thickness was given (capture fraction applies)
+    fdet: Tensor                  # (3,) unit, fast axis
+    sdet: Tensor                  # (3,) unit, slow axis
+    odet: Tensor                  # (3,) unit, detector normal
+    pix0: Tensor                  # (3,) m, sample -> corner of the first pixel
+    beam_vector: Tensor           # (3,) unit, along the beam
+    distance: Tensor              # () m, sample to detector plane along the beam
+    close_distance: Tensor        # () m, sample to detector plane along the normal
+    curved: bool                  # spherical detector (every pixel at `distance`)
+    point_pixel: bool             # solid angle 1/R^2 (no obliquity factor)
+    pixels: Tensor                # (P,) int64 flat indices rendered (ROI, mask), raster order
+
+
+@dataclass
+class SourcesPart:
+    """The incident beam: one entry per source point (divergence x dispersion, or a source file)."""
+    incident: Tensor              # (S, 3) unit, source -> sample
+    wavelength: Tensor            # (S,) m
+    polar_vector: Tensor          # (3,) unit, the E-vector
+    kahn: Tensor                  # () Kahn polarization factor (0: unpolarized)
+    nopolar: bool                 # polarization factor 1
+    fluence: Tensor               # () photons/m^2
+
+
+@dataclass
+class CrystalPart:
+    """The crystal: its lattices for every (phi step, mosaic domain) and its shape."""
+    lattices: Tensor              # (M, 3, 3) m, rows a, b, c; M = phi steps x mosaic domains, phi slowest
+    lattices_first: Optional[Tensor]   # (M, 3, 3) m: the C's phi carry-over for the run's first evaluation
+    recip: Tensor                 # (3, 3) 1/Angstrom, rows a*, b*, c*, unrotated
+    Na: Number                    # unit cells along a (float; tensor if fractional or with grad)
+    Nb: Number
+    Nc: Number
+    shape: str                    # square | round | gauss | tophat
+    fudge: Tensor                 # () shape-transform width factor
+
+
+@dataclass
+class StructureFactorsPart:
+    """F_cell: a grid of structure factors (or none) and the value outside it."""
+    F_grid: Optional[Tensor]      # (H*K*L,) electrons, flat C-order grid; None without a grid
+    F_shape: tuple                # (H, K, L) grid extent
+    hkl_min: tuple                # (3,) int, first index of the grid
+    hkl_max: tuple                # (3,) int, last index (inclusive)
+    hkls: int                     # points in the grid (0: none)
+    default_F: Tensor             # () electrons, outside the grid or without one
+    interpolate: bool             # tricubic interpolation (switched off by the C's rule)
+
+
+@dataclass
+class Switches:
+    """Scale and the rules of the sum."""
+    r_e_sqr: float                # m^2, Thomson cross section
+    steps: int                    # sources x mosaic domains x phi steps x O^2 (the sum's normaliser)
+    I_bg: Tensor                  # () water background added to every pixel's sum
+    water: bool                   # a water background was asked for (terms with F_latt = 0 still count)
+    dmin: float                   # m, resolution cut (0: none)
+    oversample_thick: bool        # capture fraction at every sub-pixel and layer
+    oversample_polar: bool        # polarization at every sub-pixel and source
+    oversample_omega: bool        # solid angle at every sub-pixel
+    reduced_sincg: bool = False   # lattice factor on reduced arguments (float32 accuracy)
+    legacy_oversample: bool = False   # the C's compounding -oversample_* rule (-c_legacy)
+
+
+_PARTS = (("detector", DetectorPart), ("sources", SourcesPart), ("crystal", CrystalPart),
+          ("structure_factors", StructureFactorsPart), ("switches", Switches))
+_FIELD_PART = {f.name: part for part, cls in _PARTS for f in dataclasses.fields(cls)}
+
+
 @dataclass
 class RenderProblem:
-    """Everything the engine needs, as tensors of the compute dtype/device."""
-    spixels: int
-    fpixels: int
-    pixel_size: torch.Tensor
-    oversample: int
-    thicksteps: int
-    thickstep: torch.Tensor
-    mu: torch.Tensor
-    thickness_on: bool
-    fdet: torch.Tensor
-    sdet: torch.Tensor
-    odet: torch.Tensor
-    pix0: torch.Tensor
-    beam_vector: torch.Tensor
-    distance: torch.Tensor
-    close_distance: torch.Tensor
-    curved: bool
-    point_pixel: bool
-    incident: torch.Tensor        # (S, 3)
-    wavelength: torch.Tensor      # (S,)
-    polar_vector: torch.Tensor
-    kahn: torch.Tensor
-    nopolar: bool
-    lattices: torch.Tensor        # (M, 3, 3) rows a, b, c (m)
-    lattices_first: Optional[torch.Tensor]   # C-PARITY-001: the run's first evaluation
-    recip: torch.Tensor           # (3, 3) rows a*, b*, c* (1/Angstrom), unrotated
-    Na: torch.Tensor
-    Nb: torch.Tensor
-    Nc: torch.Tensor
-    shape: str
-    fudge: torch.Tensor
-    F_grid: Optional[torch.Tensor]    # flat C-order grid
-    F_shape: tuple
-    hkl_min: tuple
-    hkl_max: tuple
-    hkls: int
-    default_F: torch.Tensor
-    interpolate: bool
-    fluence: torch.Tensor
-    r_e_sqr: float
-    steps: int
-    I_bg: torch.Tensor
-    water: bool
-    dmin: float
-    oversample_thick: bool
-    oversample_polar: bool
-    oversample_omega: bool
-    pixels: torch.Tensor          # (P,) flat indices of rendered pixels, raster order
-    reduced_sincg: bool = False
-    legacy_oversample: bool = False   # the C's compounding -oversample_* rule (c_legacy)
+    """Everything a backend needs, as five typed records (tensors of the compute dtype/device).
+
+    Every field of the records is also readable and writable by its own name on the problem
+    (``pb.fdet`` is ``pb.detector.fdet``), which is how the kernels read them.
+    """
+    detector: DetectorPart
+    sources: SourcesPart
+    crystal: CrystalPart
+    structure_factors: StructureFactorsPart
+    switches: Switches
+
+    @classmethod
+    def from_fields(cls, **values) -> "RenderProblem":
+        """Build the records from every field given by name (see the record classes)."""
+        parts = {}
+        for part, pcls in _PARTS:
+            names = [f.name for f in dataclasses.fields(pcls)]
+            parts[part] = pcls(**{n: values.pop(n) for n in names if n in values})
+        if values:
+            raise TypeError(f"RenderProblem: unknown fields {sorted(values)}")
+        return cls(**parts)
+
+    def replace(self, **values) -> "RenderProblem":
+        """A copy with the named fields (any record's) replaced; the other records are shared."""
+        by_part = {}
+        for name, v in values.items():
+            if name not in _FIELD_PART:
+                raise TypeError(f"RenderProblem: unknown field {name!r}")
+            by_part.setdefault(_FIELD_PART[name], {})[name] = v
+        return RenderProblem(**{part: dataclasses.replace(getattr(self, part), **by_part[part])
+                                if part in by_part else getattr(self, part) for part, _ in _PARTS})
+
+    def tensor_fields(self):
+        """(name, tensor) of every tensor field of the records."""
+        for part, pcls in _PARTS:
+            rec = getattr(self, part)
+            for f in dataclasses.fields(pcls):
+                v = getattr(rec, f.name)
+                if isinstance(v, torch.Tensor):
+                    yield f.name, v
+
+
+def _delegate(name: str, part: str):
+    return property(lambda self: getattr(getattr(self, part), name),
+                    lambda self, v: setattr(getattr(self, part), name, v),
+                    doc=f"``{part}.{name}``")
+
+
+for _name, _part in _FIELD_PART.items():
+    setattr(RenderProblem, _name, _delegate(_name, _part))
 
 
 @dataclass
@@ -111,6 +194,7 @@ class RenderResult:
     omega_sum: torch.Tensor
     state: RenderState = field(default_factory=RenderState)
     compiled_chunks: int = 0      # chunks rendered through the compiled kernel (render(compiled=True))
+    backend: str = "torch"        # the backend that rendered it (see nanobragg_torch.backends)
 
 
 def _subpixel_positions(pb: RenderProblem, pix: torch.Tensor):
@@ -351,23 +435,41 @@ def oversampled_factor(pb: RenderProblem, capture, polar_each, omega, shape) -> 
     return fac.expand(shape)
 
 
-def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
-    """Float image values (P,) and omega sum for the pixels ``pix`` (flat indices).
+@dataclass
+class ChunkGeometry:
+    """Stage 1 of a chunk: sizes, per-render constants and every sub-pixel's position.
 
-    Per-evaluation tensors are laid out (layer, sub_s, sub_f, source, pixel
-    [, orientation]), vector quantities as separate x, y, z tensors: every
-    operation then runs over the contiguous pixel axis.  Loop order (the
-    reference program's, which decides "first") is (pixel, layer, sub_s, sub_f,
-    source, orientation); where it matters the code permutes to it explicitly.
+    ``px``, ``py``, ``pz``, ``airpath``: (T, O, O, P) lab position components (m) and
+    distance to the sample of every sub-pixel of every layer of the chunk's P pixels.
     """
+    P: int
+    T: int
+    O: int
+    S: int
+    M: int
+    K: int                     # subpaths per orientation: T * O * O * S
+    dtype: torch.dtype
+    dev: torch.device
+    cst: _ChunkConstants
+    px: torch.Tensor
+    py: torch.Tensor
+    pz: torch.Tensor
+    airpath: torch.Tensor
+
+    def diffracted_at(self, t: int) -> torch.Tensor:
+        """Unit diffracted vectors (P, 3) of the first sub-pixel of layer t."""
+        i = t * self.O * self.O
+        first = lambda x: x.view(-1, self.P)[i]                         # noqa: E731
+        return torch.stack([first(self.px), first(self.py), first(self.pz)], -1) / first(self.airpath).unsqueeze(-1)
+
+
+def subpixel_geometry(pb: RenderProblem, pix: torch.Tensor, state: RenderState) -> ChunkGeometry:
+    """Stage 1: sub-pixel positions (flat or curved detector) and distances."""
     P = pix.shape[0]
     T, O = pb.thicksteps, pb.oversample
     S = pb.incident.shape[0]
     M = pb.lattices.shape[0]
-    K = T * O * O * S                                                   # subpaths per orientation
-    dtype, dev = pb.fdet.dtype, pb.fdet.device
     cst = _constants(pb, state)
-
     if pb.curved:
         pos = _subpixel_positions(pb, pix).permute(1, 2, 3, 0, 4)      # (T, O, O, P, 3)
         px, py, pz = (pos[..., c].contiguous() for c in range(3))
@@ -375,81 +477,97 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
         coords = _subpixel_coordinates(pb, pix)
         px, py, pz = (_separable(coords, cst.fdet[c], cst.sdet[c], cst.odet[c], cst.pix0[c]) for c in range(3))
     airpath = torch.addcmul(torch.addcmul(px * px, py, py), pz, pz).sqrt()   # (T, O, O, P)
+    return ChunkGeometry(P=P, T=T, O=O, S=S, M=M, K=T * O * O * S, dtype=pb.fdet.dtype, dev=pb.fdet.device,
+                         cst=cst, px=px, py=py, pz=pz, airpath=airpath)
 
-    def diffracted_at(t: int):
-        """Unit diffracted vectors (P, 3) of the first sub-pixel of layer t."""
-        i = t * O * O
-        first = lambda x: x.view(-1, P)[i]                               # noqa: E731
-        return torch.stack([first(px), first(py), first(pz)], -1) / first(airpath).unsqueeze(-1)
 
-    # solid angle: cached from the first sub-pixel of the first layer unless oversampled
+def solid_angle_stage(pb: RenderProblem, g: ChunkGeometry):
+    """Stage 2: solid angle, (T, O, O, P) with -oversample_omega, else cached from the first
+    sub-pixel of the first layer (P,); and the chunk's solid-angle sum."""
     if pb.oversample_omega:
-        omega = solid_angle(pb.pixel_size, airpath, pb.close_distance, pb.point_pixel)    # (T, O, O, P)
-        omega_sum = omega.sum()
-    else:
-        omega = solid_angle(pb.pixel_size, airpath[0, 0, 0], pb.close_distance, pb.point_pixel)  # (P,)
-        omega_sum = omega.sum() * (T * O * O)
+        omega = solid_angle(pb.pixel_size, g.airpath, pb.close_distance, pb.point_pixel)
+        return omega, omega.sum()
+    omega = solid_angle(pb.pixel_size, g.airpath[0, 0, 0], pb.close_distance, pb.point_pixel)
+    return omega, omega.sum() * (g.T * g.O * g.O)
 
-    # capture fraction of each layer; cached value: first sub-pixel of the last layer
+
+def capture_stage(pb: RenderProblem, g: ChunkGeometry):
+    """Stage 3: sensor capture fraction: (every (T, O, O, P) with -oversample_thick, cached (P,)
+    from the first sub-pixel of the last layer otherwise); None without a sensor thickness."""
     capture = capture_cached = None
     if pb.thickness_on:
         if pb.oversample_thick:
-            parallax = (px * cst.odet[0] + py * cst.odet[1] + pz * cst.odet[2]) / airpath   # (T, O, O, P)
-            layer = torch.arange(T, dtype=dtype, device=dev).view(T, 1, 1, 1)
+            c = g.cst
+            parallax = (g.px * c.odet[0] + g.py * c.odet[1] + g.pz * c.odet[2]) / g.airpath   # (T, O, O, P)
+            layer = torch.arange(g.T, dtype=g.dtype, device=g.dev).view(g.T, 1, 1, 1)
             capture = capture_fraction(layer, pb.thickstep, pb.mu, parallax)
         else:
-            parallax = diffracted_at(T - 1) @ pb.odet                                   # (P,)
-            capture_cached = capture_fraction(float(T - 1), pb.thickstep, pb.mu, parallax)
+            parallax = g.diffracted_at(g.T - 1) @ pb.odet                                 # (P,)
+            capture_cached = capture_fraction(float(g.T - 1), pb.thickstep, pb.mu, parallax)
+    return capture, capture_cached
 
-    # scattering vectors q = (d - i) / lambda for every source, as dq = d - i, components
-    # (T, O, O, S, P).  (d - i) first: near the direct beam it is small, and forming it
-    # before the product with the lattice keeps float32 Miller indices as accurate as
-    # the C's order; 1/lambda is applied to the lattice vectors instead (one pass less).
-    lam = cst.lam
-    dq = [torch.addcdiv(cst.minus_incident[i], c.unsqueeze(-2), airpath.unsqueeze(-2))
-          for i, c in enumerate((px, py, pz))]
-    keep = None                                                         # (T, O, O, S, P); None: all evaluated
+
+def scattering_stage(pb: RenderProblem, g: ChunkGeometry):
+    """Stage 4: dq = d - i for every source, components (T, O, O, S, P), and the d_min cut
+    ``keep`` (same shape; None: every evaluation is kept).
+
+    (d - i) first: near the direct beam it is small, and forming it before the product
+    with the lattice keeps float32 Miller indices as accurate as the C's order; 1/lambda
+    is applied to the lattice vectors instead (one pass less).
+    """
+    c = g.cst
+    dq = [torch.addcdiv(c.minus_incident[i], v.unsqueeze(-2), g.airpath.unsqueeze(-2))
+          for i, v in enumerate((g.px, g.py, g.pz))]
+    keep = None
     if pb.dmin > 0:
-        stol = 0.5 * torch.addcmul(torch.addcmul(dq[0] * dq[0], dq[1], dq[1]), dq[2], dq[2]).sqrt() / lam
+        stol = 0.5 * torch.addcmul(torch.addcmul(dq[0] * dq[0], dq[1], dq[1]), dq[2], dq[2]).sqrt() / c.lam
         keep = ~((stol > 0) & (pb.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
+    return dq, keep
 
-    # polarization
+
+def polarization_stage(pb: RenderProblem, g: ChunkGeometry, keep):
+    """Stage 5: polarization, every (T, O, O, S, P) with -oversample_polar, else cached (P,)
+    from the first (sub-pixel, source) pair that survives d_min (0 if none does)."""
+    P, S, K = g.P, g.S, g.K
     polar_each = polar_cached = None
     if pb.nopolar:
-        polar_cached = torch.ones(P, dtype=dtype, device=dev)
+        polar_cached = torch.ones(P, dtype=g.dtype, device=g.dev)
     elif pb.oversample_polar:
-        dif = torch.stack([px, py, pz], -1) / airpath.unsqueeze(-1)                 # (T, O, O, P, 3)
+        dif = torch.stack([g.px, g.py, g.pz], -1) / g.airpath.unsqueeze(-1)           # (T, O, O, P, 3)
         dif = dif.unsqueeze(-3)                                                         # (T, O, O, 1, P, 3)
         inc = pb.incident.view(S, 1, 3)
         polar_each = polarization_factor(pb.kahn, inc, dif, pb.polar_vector)          # (T, O, O, S, P)
+    elif keep is None:
+        polar_cached = polarization_factor(pb.kahn, pb.incident[0], g.diffracted_at(0), pb.polar_vector)
     else:
-        if keep is None:
-            polar_cached = polarization_factor(pb.kahn, pb.incident[0], diffracted_at(0),
-                                               pb.polar_vector)
-        else:
-            kf = keep.reshape(K, P)
-            first = torch.argmax(kf.to(torch.int8), dim=0)                            # (P,) first in loop order
-            sub_first = torch.div(first, S, rounding_mode="floor")
-            cols = torch.arange(P, device=dev)
-            d_sel = torch.stack([c.reshape(-1, P)[sub_first, cols] for c in (px, py, pz)], -1)
-            d_sel = d_sel / airpath.reshape(-1, P)[sub_first, cols].unsqueeze(-1)
-            polar_cached = polarization_factor(pb.kahn, pb.incident[first % S], d_sel, pb.polar_vector)
-            polar_cached = torch.where(kf.any(dim=0), polar_cached, torch.zeros_like(polar_cached))
+        kf = keep.reshape(K, P)
+        first = torch.argmax(kf.to(torch.int8), dim=0)                                # (P,) first in loop order
+        sub_first = torch.div(first, S, rounding_mode="floor")
+        cols = torch.arange(P, device=g.dev)
+        d_sel = torch.stack([c.reshape(-1, P)[sub_first, cols] for c in (g.px, g.py, g.pz)], -1)
+        d_sel = d_sel / g.airpath.reshape(-1, P)[sub_first, cols].unsqueeze(-1)
+        polar_cached = polarization_factor(pb.kahn, pb.incident[first % S], d_sel, pb.polar_vector)
+        polar_cached = torch.where(kf.any(dim=0), polar_cached, torch.zeros_like(polar_cached))
+    return polar_each, polar_cached
 
-    # Miller indices, (K, P, M) each.  With a constant default_F and the Chebyshev lattice
-    # factor only cos(pi h) is needed: the lattice vectors then carry the factor pi.
-    F_constant = not state.interpolate and (pb.hkls == 0 or pb.F_grid is None)
-    pi_scaled = F_constant and chebyshev_lattice(pb, dtype)
+
+def miller_stage(pb: RenderProblem, g: ChunkGeometry, dq, keep, state: RenderState, pi_scaled: bool,
+                 patched: Optional[list] = None):
+    """Stage 6: fractional Miller indices h, k, l, (K, P, M) each (times pi when ``pi_scaled``),
+    with the C's carry-over patch of the run's first evaluation (C-PARITY-001); the
+    (subpath, pixel) it patched is appended to ``patched`` when given (the trace reports it)."""
+    K, P, M, S = g.K, g.P, g.M, g.S
+    c = g.cst
     lat_scale = math.pi if pi_scaled else 1.0
     if M > 1:
-        qf = torch.stack([(c / lam).reshape(-1) for c in dq], -1)                      # (K P, 3)
-        h, k, l = (u.view(K, P, M) for u in miller_indices(pb, qf, cst.pi_lattices if pi_scaled else None))
+        qf = torch.stack([(v / c.lam).reshape(-1) for v in dq], -1)                     # (K P, 3)
+        h, k, l = (u.view(K, P, M) for u in miller_indices(pb, qf, c.pi_lattices if pi_scaled else None))
     else:
-        lat = cst.lat_over_lam[1 if pi_scaled else 0]                                  # [row a b c][x y z]: (S, 1)
+        lat = c.lat_over_lam[1 if pi_scaled else 0]                                    # [row a b c][x y z]: (S, 1)
         h, k, l = (torch.addcmul(torch.addcmul(dq[0] * lat[r][0], dq[1], lat[r][1]), dq[2], lat[r][2]).view(K, P, 1)
                    for r in range(3))
     if pb.lattices_first is not None and not state.first_done:
-        # C-PARITY-001: the run's very first evaluation (in loop order) uses the unrotated lattice
+        # the run's very first evaluation (in loop order) uses the unrotated lattice
         if keep is None:
             first = (0, 0)
         elif bool(keep.any()):
@@ -460,17 +578,25 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
         if first is not None:
             kk, p = first
             sub, src = kk // S, kk % S
-            d = torch.stack([c.reshape(-1, P)[sub, p] for c in (px, py, pz)]) / airpath.reshape(-1, P)[sub, p]
+            d = torch.stack([v.reshape(-1, P)[sub, p] for v in (g.px, g.py, g.pz)]) / g.airpath.reshape(-1, P)[sub, p]
             q1 = ((d - pb.incident[src]) / pb.wavelength[src]).unsqueeze(0)
             hf, kf_, lf = miller_indices(pb, q1, pb.lattices_first * lat_scale)
             h, k, l = h.clone(), k.clone(), l.clone()
             h[kk, p], k[kk, p], l[kk, p] = hf[0], kf_[0], lf[0]
             state.first_done = True
+            if patched is not None:
+                patched.append((kk, p))
+    return h, k, l
 
+
+def evaluation_intensity(pb: RenderProblem, h, k, l, keep3, state: RenderState, F_constant: bool,
+                         pi_scaled: bool):
+    """The per-evaluation intensity: F_cell^2 F_latt^2 for Miller indices (K, P, M) (loop order
+    (pixel, subpath, orientation) when permuted), zero where d_min cuts; F_cell^2 is left out
+    (None returned as F_cell) when it is the constant default_F^2.  Returns (term, F2_latt, F_cell)."""
     F2_latt = lattice_factor_sq(pb, h, k, l, pi_scaled)                # (K, P, M)
-    keep3 = None if keep is None else keep.reshape(K, P, 1)
     if F_constant:
-        F_cell = None                                                  # constant default_F
+        F_cell = None
     else:
         evaluated = (F2_latt != 0) | pb.water
         if keep3 is not None:
@@ -480,30 +606,38 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
     term = F2_latt if F_cell is None else F_cell * F_cell * F2_latt
     if keep3 is not None:
         term = torch.where(keep3, term, torch.zeros_like(term))
+    return term, F2_latt, F_cell
 
+
+def accumulate_stage(pb: RenderProblem, g: ChunkGeometry, term, F2_latt, F_cell, keep3, capture, polar_each,
+                     omega) -> torch.Tensor:
+    """Stage 8: the sum over subpaths, I (P,), by the -oversample_* rule (corrected, or the
+    C's compounding one with legacy_oversample)."""
+    K, P, M, T, O, S = g.K, g.P, g.M, g.T, g.O, g.S
     if not (pb.oversample_thick or pb.oversample_polar or pb.oversample_omega):
         I = term.reshape(K, P).sum(0) if M == 1 else term.sum(-1).sum(0)     # contiguous reductions first
         if F_cell is None:
             I = I * (pb.default_F * pb.default_F)
-        I = pb.I_bg + I
-    else:
-        if F_cell is None:
-            term = term * (pb.default_F * pb.default_F)
-        fac = oversampled_factor(pb, capture, polar_each, omega, (T, O, O, S, P))  # (T, O, O, S, P)
-        if not pb.legacy_oversample:
-            # each term weighted by its own factors (terms not evaluated are zero already)
-            I = pb.I_bg + (term * fac.reshape(K, P, 1)).sum(-1).sum(0)
-        else:
-            # the unmodified C: I *= factor after every evaluated term, I_bg included
-            fac = fac.reshape(K, P, 1).expand(K, P, M)
-            evaluated = (F2_latt != 0) | pb.water
-            if keep3 is not None:
-                evaluated = evaluated & keep3
-            fac = torch.where(evaluated, fac, torch.ones_like(term))
-            fac = fac.permute(1, 0, 2).reshape(P, K * M)                   # loop order per pixel
-            suffix = torch.flip(torch.cumprod(torch.flip(fac, [1]), dim=1), [1])   # prod_{e' >= e}
-            I = pb.I_bg * suffix[:, 0] + (term.permute(1, 0, 2).reshape(P, K * M) * suffix).sum(-1)
+        return pb.I_bg + I
+    if F_cell is None:
+        term = term * (pb.default_F * pb.default_F)
+    fac = oversampled_factor(pb, capture, polar_each, omega, (T, O, O, S, P))  # (T, O, O, S, P)
+    if not pb.legacy_oversample:
+        # each term weighted by its own factors (terms not evaluated are zero already)
+        return pb.I_bg + (term * fac.reshape(K, P, 1)).sum(-1).sum(0)
+    # the unmodified C: I *= factor after every evaluated term, I_bg included
+    fac = fac.reshape(K, P, 1).expand(K, P, M)
+    evaluated = (F2_latt != 0) | pb.water
+    if keep3 is not None:
+        evaluated = evaluated & keep3
+    fac = torch.where(evaluated, fac, torch.ones_like(term))
+    fac = fac.permute(1, 0, 2).reshape(P, K * M)                   # loop order per pixel
+    suffix = torch.flip(torch.cumprod(torch.flip(fac, [1]), dim=1), [1])   # prod_{e' >= e}
+    return pb.I_bg * suffix[:, 0] + (term.permute(1, 0, 2).reshape(P, K * M) * suffix).sum(-1)
 
+
+def pixel_value(pb: RenderProblem, I, capture_cached, polar_cached, omega) -> torch.Tensor:
+    """Stage 9: photons per pixel from the sum, with the cached factors."""
     value = pb.r_e_sqr * pb.fluence * I / pb.steps
     if not pb.oversample_thick and capture_cached is not None:
         value = value * capture_cached
@@ -511,7 +645,32 @@ def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
         value = value * polar_cached
     if not pb.oversample_omega:
         value = value * omega
-    return value, omega_sum
+    return value
+
+
+def render_chunk(pb: RenderProblem, pix: torch.Tensor, state: RenderState):
+    """Float image values (P,) and omega sum for the pixels ``pix`` (flat indices), by stages.
+
+    Per-evaluation tensors are laid out (layer, sub_s, sub_f, source, pixel
+    [, orientation]), vector quantities as separate x, y, z tensors: every
+    operation then runs over the contiguous pixel axis.  Loop order (the
+    reference program's, which decides "first") is (pixel, layer, sub_s, sub_f,
+    source, orientation); where it matters the code permutes to it explicitly.
+    """
+    g = subpixel_geometry(pb, pix, state)
+    omega, omega_sum = solid_angle_stage(pb, g)
+    capture, capture_cached = capture_stage(pb, g)
+    dq, keep = scattering_stage(pb, g)
+    polar_each, polar_cached = polarization_stage(pb, g, keep)
+    # With a constant default_F and the Chebyshev lattice factor only cos(pi h) is needed:
+    # the lattice vectors then carry the factor pi.
+    F_constant = not state.interpolate and (pb.hkls == 0 or pb.F_grid is None)
+    pi_scaled = F_constant and chebyshev_lattice(pb, g.dtype)
+    h, k, l = miller_stage(pb, g, dq, keep, state, pi_scaled)
+    keep3 = None if keep is None else keep.reshape(g.K, g.P, 1)
+    term, F2_latt, F_cell = evaluation_intensity(pb, h, k, l, keep3, state, F_constant, pi_scaled)
+    I = accumulate_stage(pb, g, term, F2_latt, F_cell, keep3, capture, polar_each, omega)
+    return pixel_value(pb, I, capture_cached, polar_cached, omega), omega_sum
 
 
 # Elements (pixels x subpaths) per chunk.  Small enough that a chunk's float32 temporaries
@@ -564,8 +723,7 @@ def compile_eligible(pb: RenderProblem) -> bool:
 
 def grad_fields(pb: RenderProblem) -> list:
     """Names of the problem's tensor fields that require grad."""
-    return [f.name for f in dataclasses.fields(pb)
-            if isinstance(getattr(pb, f.name), torch.Tensor) and getattr(pb, f.name).requires_grad]
+    return [name for name, t in pb.tensor_fields() if t.requires_grad]
 
 
 def _needs_grad(pb: RenderProblem) -> bool:
@@ -601,8 +759,26 @@ def _compiled_chunk(pb: RenderProblem, pix: torch.Tensor):
 
 def render(pb: RenderProblem, max_elements: Optional[int] = None,
            progress: Optional[Callable[[int, int], None]] = None,
-           compiled: bool = False) -> RenderResult:
-    """Render the whole image; pixels not in ``pb.pixels`` stay zero.
+           compiled: bool = False, backend: str = "auto") -> RenderResult:
+    """Render the whole image through a backend (:mod:`nanobragg_torch.backends`).
+
+    ``backend``: ``auto`` (the fused CPU kernel where it takes the problem and no gradient
+    is asked for, else the torch reference), or ``torch``, ``fused``, ``compile`` by name
+    (ValueError if that one cannot take the problem).  ``compiled=True`` (``-compile``) with
+    ``auto`` asks for ``compile`` where it takes the problem and the eager torch backend
+    otherwise.  ``result.backend`` names the backend that rendered.
+    """
+    from .backends import REGISTRY, request_for, select
+    if compiled and backend == "auto":
+        # -compile is a preference: the compiled chunks where they can be used, else the eager torch path
+        backend = "compile" if REGISTRY["compile"].supports(pb, request_for(pb))[0] else "torch"
+    return select(pb, backend).render(pb, max_elements, progress=progress)
+
+
+def render_torch(pb: RenderProblem, max_elements: Optional[int] = None,
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 compiled: bool = False) -> RenderResult:
+    """The torch backend: render the whole image; pixels not in ``pb.pixels`` stay zero.
 
     ``max_elements``: evaluations per chunk; None: :func:`default_chunk_elements` of the device.
 
@@ -640,4 +816,4 @@ def render(pb: RenderProblem, max_elements: Optional[int] = None,
     if graph_values:
         flat = flat.index_put((pb.pixels,), torch.cat(graph_values))   # one out-of-place scatter
     return RenderResult(image=flat.reshape(pb.spixels, pb.fpixels), omega_sum=omega_sum, state=state,
-                        compiled_chunks=n_compiled)
+                        compiled_chunks=n_compiled, backend="compile" if compiled else "torch")

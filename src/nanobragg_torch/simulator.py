@@ -178,7 +178,7 @@ def build_problem(prep: Prepared, crystal: CrystalLike, detector: DetectorLike, 
         F_shape = tuple(g.shape)
         F_grid = g.reshape(-1)
     dc = det.settings
-    return RenderProblem(
+    return RenderProblem.from_fields(
         spixels=dc.spixels, fpixels=dc.fpixels, pixel_size=v(det, "pixel_size"),
         oversample=prep.oversample, thicksteps=dc.thicksteps, thickstep=v(det, "thickstep"),
         mu=v(det, "mu"), thickness_on=bool(det.plain("thickness") != 0.0),
@@ -215,24 +215,21 @@ def pixel_intermediates(pb: RenderProblem) -> Dict[str, torch.Tensor]:
     phi step x mosaic domain).
     """
     from . import engine as eng
-    from .physics.detector_response import solid_angle
-    from .physics.polarization import polarization_factor
     S, F = pb.spixels, pb.fpixels
     pix = torch.arange(S * F, device=pb.fdet.device)
-    pb1 = dataclasses.replace(pb, oversample=1)
-    pos = eng._subpixel_positions(pb1, pix)[:, 0, 0, 0]                       # (P, 3)
-    air = torch.linalg.vector_norm(pos, dim=-1)
+    # the render's own stages, at the pixel centres (one sub-pixel), first layer and first source
+    pb1 = pb.replace(oversample=1, oversample_omega=False, oversample_polar=False)
+    g = eng.subpixel_geometry(pb1, pix, eng.RenderState())
+    pos = torch.stack([g.px[0, 0, 0], g.py[0, 0, 0], g.pz[0, 0, 0]], -1)   # (P, 3)
+    air = g.airpath[0, 0, 0]
     d = pos / air.unsqueeze(-1)
     q = (d - pb.incident[0]) / pb.wavelength[0]
     lat0 = pb.lattices[0]
     h, k, l = q @ lat0[0], q @ lat0[1], q @ lat0[2]
     F_latt = eng.lattice_factor(pb, h, k, l)
     F_cell = eng.nearest_F(pb, h, k, l)
-    omega = solid_angle(pb.pixel_size, air, pb.close_distance, pb.point_pixel)
-    if pb.nopolar:
-        polar = torch.ones_like(air)
-    else:
-        polar = polarization_factor(pb.kahn, pb.incident[0].expand_as(d), d, pb.polar_vector)
+    omega = eng.solid_angle_stage(pb1, g)[0]
+    polar = eng.polarization_stage(pb1, g, None)[1]
     shp = lambda x: x.reshape(S, F, *x.shape[1:])
     return dict(position=shp(pos), diffracted=shp(d), scattering_vector=shp(q),
                 hkl=shp(torch.stack([h, k, l], -1)), F_latt=shp(F_latt), F_cell=shp(F_cell),
@@ -261,7 +258,7 @@ class _RecomputedChunk(torch.autograd.Function):
         from .engine import render_chunk
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
-            pb = dataclasses.replace(ctx.pb, **dict(zip(ctx.names, leaves)))
+            pb = ctx.pb.replace(**dict(zip(ctx.names, leaves)))
             v, osum = render_chunk(pb, ctx.pix, copy.copy(ctx.snapshot))
             # a scalar (not grad_outputs: that makes autograd import sympy, seconds of start-up)
             total = None
@@ -369,7 +366,8 @@ def simulate(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
     if checkpoint:
         res = render_checkpointed(pb, options.max_chunk_elements, progress=progress)
     else:
-        res = render(pb, options.max_chunk_elements, progress=progress, compiled=options.compile)
+        res = render(pb, options.max_chunk_elements, progress=progress, compiled=options.compile,
+                     backend=options.backend)
     inter = pixel_intermediates(pb) if return_intermediates else None
     return SimulationResult(image=res.image, prepared=prep, omega_sum=res.omega_sum,
                             interp_warning=res.state.oob_warning, intermediates=inter)

@@ -154,6 +154,7 @@ class RawFlags:
     dtype: str = "float32"
     device: str = "cpu"
     compile: bool = False                   # -compile: fused kernels (torch.compile)
+    backend: str = "auto"                   # -backend: auto|torch|fused|compile (nanobragg_torch.backends)
     phi_carryover: str = "fixed"
     c_legacy: bool = False
     trace_pixel: Optional[List[int]] = None
@@ -345,6 +346,10 @@ def _dtype(f, v):
     f.dtype = v[0]
 
 
+def _backend(f, v):
+    f.backend = v[0]
+
+
 def _device(f, v):
     f.device = v[0]
 
@@ -507,6 +512,7 @@ EXTRA_RULES: List[Rule] = [
     Rule(lambda a: a == "-dtype", 1, _dtype, ("-dtype",), "D"),
     Rule(lambda a: a == "-device", 1, _device, ("-device",), "V"),
     Rule(lambda a: a == "-compile", 0, _setmany(compile=True), ("-compile",), ""),
+    Rule(lambda a: a == "-backend", 1, _backend, ("-backend",), "B"),
     Rule(lambda a: a == "-phi_carryover", 1, _carry, ("-phi_carryover",), "K"),
     Rule(lambda a: a == "-c_legacy", 0, _setmany(c_legacy=True), ("-c_legacy",), ""),
     Rule(lambda a: a == "-trace_pixel", 2, _trace_pixel, ("-trace_pixel",), "ii"),
@@ -572,6 +578,12 @@ def _check_values(name: str, rule: Rule, values: List[str]) -> int:
     if kinds == "K":
         if not values or values[0] not in ("c", "fixed", "off"):
             raise FlagError(f"{name}: expected 'c' (reproduce the C program) or 'fixed'"
+                            + (f", got {values[0]!r}" if values else ""))
+        return 1
+    if kinds == "B":
+        choices = ("auto", "torch", "fused", "compile")
+        if not values or values[0] not in choices:
+            raise FlagError(f"{name}: expected one of {'|'.join(choices)}"
                             + (f", got {values[0]!r}" if values else ""))
         return 1
     if kinds == "V":

@@ -426,21 +426,25 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
     _print_setup(out, st, prep)
     out.flush()
 
-    if st.write_dump:
-        writer.write("dump", write_fdump, st.hkl)
-
+    pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
+    from ..backends import BackendError, select
+    try:
+        select(pb, st.options.backend)          # a -backend that cannot take the problem: exit 2 here
+    except BackendError as e:
+        raise FlagError(str(e)) from None
     progress = None
     if f.progress_meter and hasattr(err, "isatty") and err.isatty():
         from ..tools.progress import ProgressBar
         progress = ProgressBar(err)
-    pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
+    if st.write_dump:
+        writer.write("dump", write_fdump, st.hkl)
     if f.trace_pixel is not None:
         from ..tools.trace import trace_pixel
         trace_pixel(st, prep, pb, out, json_path=(path(f.trace_json) if f.trace_json else None))
     try:
         with torch.no_grad():
             res = render(pb, st.options.max_chunk_elements, progress=progress,
-                         compiled=st.options.compile)
+                         compiled=st.options.compile, backend=st.options.backend)
     finally:
         if progress is not None:
             progress.close()

@@ -466,7 +466,7 @@ def build_setup(f: RawFlags, cwd: str = ".", now: Optional[int] = None) -> Setup
     if hkl is not None:
         sf.grid, sf.hkl_min, sf.hkl_max = hkl.grid, hkl.hkl_min, hkl.hkl_max
     opts = SimulationOptions(dtype=f.dtype, device=f.device, dmin=f.dmin, progress=f.progress_meter,
-                             compile=f.compile, c_legacy=f.c_legacy)
+                             compile=f.compile, backend=f.backend, c_legacy=f.c_legacy)
     st = Setup(beam=beam, detector=det, crystal=xtal, structure_factors=sf, options=opts, flags=f,
                rng=rng, noise_seed=seed, hkl=hkl, write_dump=write_dump, report=report, mask=mask,
                interpolate_auto=interp_msg, stol_rows=stol_rows)

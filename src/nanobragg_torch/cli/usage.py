@@ -99,6 +99,7 @@ FLAG_TABLE = [
     ("This project", None, None, None),
     ("-dtype", "float32|float64", "float32", "compute precision"),
     ("-device", "cpu|cuda[:n]|xpu[:n]|mps", "cpu", "compute device (checked before rendering)"),
+    ("-backend", "auto|torch|fused|compile", "auto", "renderer: auto = the fused CPU kernel (compiled once per machine, cached) where it takes the problem, else torch (the reference; gradients)"),
     ("-compile", "", "off", "fused kernels (torch.compile): faster renders after a one-time compilation of tens of seconds; for many renders in one process"),
     ("-c_legacy", "", "off", "the unmodified C program's image: its phi=0 carry-over and compounding -oversample_* factors"),
     ("-phi_carryover", "fixed|c", "fixed", "c: reproduce the C program's phi=0 carry-over bug alone"),

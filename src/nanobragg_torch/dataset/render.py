@@ -103,7 +103,7 @@ def output_kind(fmt: str, noise: bool) -> str:
 
 
 def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd: str = ".",
-                 device: str = "cpu", file_name: str = "frame"):
+                 device: str = "cpu", file_name: str = "frame", realism: Optional[Dict[str, Any]] = None):
     """Render one frame; returns ``(file bytes, device used, stats)``.
 
     The bytes are what ``nanoBragg ARGS`` writes for the image
@@ -134,8 +134,12 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
         cli.check_work(st, prep)
     pb = build_problem(prep, st.crystal, st.detector, st.beam, st.structure_factors, st.options)
     with torch.no_grad():
-        res = render(pb, st.options.max_chunk_elements, compiled=st.options.compile)
+        res = render(pb, st.options.max_chunk_elements, compiled=st.options.compile, backend=st.options.backend)
     img32 = res.image.detach().to("cpu", torch.float64).numpy().astype(np.float32)
+    realism = realism or {}
+    if realism.get("background"):
+        from .realism import add_background
+        img32 = add_background(img32, st, realism["background"])
     det = st.detector
     rendered = prep.pixels.cpu().numpy()
     max_I, imax, avg, rms, rmsd = cli.image_statistics(img32, rendered, det.roi)
@@ -159,8 +163,13 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
         stats["intfile_scale"] = scale
     if kind == "noise":
         from ..rng import SeedStream
-        image, photons, overloads = st.rng.noise_image(img32, SeedStream(st.noise_seed), det.roi, f.adc_offset)
-        stats.update(photons=float(photons), overloads=int(overloads))
+        if realism.get("detector"):
+            from .realism import detector_noise
+            image = detector_noise(img32, st.noise_seed, realism["detector"], det.pixel_size)
+            stats.update(photons=float(img32.astype(np.float64).sum()), overloads=int((image == 65535).sum()))
+        else:
+            image, photons, overloads = st.rng.noise_image(img32, SeedStream(st.noise_seed), det.roi, f.adc_offset)
+            stats.update(photons=float(photons), overloads=int(overloads))
         meta = dict(meta, smv_header=noise_header)
         header = noise_header
     elif kind == "int":
@@ -193,7 +202,8 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
     return data, device, stats
 
 
-def render_batch(jobs: Sequence[FrameJob], fmt: str, noise: bool, cwd: str, device: str) -> List[RenderedFrame]:
+def render_batch(jobs: Sequence[FrameJob], fmt: str, noise: bool, cwd: str, device: str,
+                 realism: Optional[Dict[str, Any]] = None) -> List[RenderedFrame]:
     """Render several frames in this process, one after another (a Dask task).
 
     Any frame's failure raises (the task is then retried or reported); the
@@ -203,7 +213,7 @@ def render_batch(jobs: Sequence[FrameJob], fmt: str, noise: bool, cwd: str, devi
     worker = _worker_name()
     for job in jobs:
         t0 = time.perf_counter()
-        data, dev, stats = render_frame(job.args, fmt, noise, cwd, device, job.file)
+        data, dev, stats = render_frame(job.args, fmt, noise, cwd, device, job.file, realism)
         out.append(RenderedFrame(index=job.index, file=job.file, data=data,
                                  sha256=hashlib.sha256(data).hexdigest(), device=dev,
                                  seconds=time.perf_counter() - t0, worker=worker, stats=stats))

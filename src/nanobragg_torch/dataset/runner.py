@@ -295,7 +295,8 @@ def _run_local(spec, todo, retries, device, finished, failed) -> None:
     for frame in todo:
         for attempt in range(retries + 1):
             try:
-                res = render_batch(_jobs([frame]), spec.format, spec.noise, spec.input_dir, device)[0]
+                res = render_batch(_jobs([frame]), spec.format, spec.noise, spec.input_dir, device,
+                                   spec.realism)[0]
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as e:
@@ -325,7 +326,7 @@ def _run_dask(spec, todo, retries, batch, device, finished, failed, *, client, s
     def submit(frames, tries):
         key = f"nanobragg-frame-{frames[0].index}-{len(frames)}-{tag}"
         fut = client.submit(render_batch, _jobs(frames), spec.format, spec.noise, spec.input_dir, device,
-                            key=key, retries=tries, pure=False)
+                            spec.realism, key=key, retries=tries, pure=False)
         futures[fut] = frames
         return fut
 

@@ -92,7 +92,7 @@ _ROTATION_KEYS = {"start", "osc", "frames", "phisteps"}
 _NOISE_KEYS = {"enabled", "seed"}
 _OUTPUT_KEYS = {"format", "name", "first"}
 _RUN_KEYS = {"retries", "batch", "device"}
-_TOP_KEYS = {"setup", "rotation", "serial", "noise", "output", "run", "description"}
+_TOP_KEYS = {"setup", "rotation", "serial", "noise", "output", "run", "description", "background", "detector"}
 
 
 def fmt_num(x: float) -> str:
@@ -239,6 +239,7 @@ class DatasetSpec:
     input_dir: str = "."                   # relative input files (-hkl ...) are read from here
     source: Dict[str, Any] = field(default_factory=dict)   # the file's tables, as read
     description: str = ""
+    realism: Dict[str, Any] = field(default_factory=dict)   # [background] / [detector] (dataset/realism.py)
     _beam_centre: Optional[tuple] = None
 
     # -- derived ---------------------------------------------------------------
@@ -257,8 +258,11 @@ class DatasetSpec:
         series can be extended by rerunning with more frames or shots.
         """
         series = {k: v for k, v in self.series.items() if k not in ("frames", "shots")}
-        return {"kind": self.kind, "common": self.common, "series": series, "noise": self.noise,
-                "noise_seed": self.noise_seed, "format": self.format, "name": self.name, "first": self.first}
+        ident = {"kind": self.kind, "common": self.common, "series": series, "noise": self.noise,
+                 "noise_seed": self.noise_seed, "format": self.format, "name": self.name, "first": self.first}
+        if self.realism:
+            ident["realism"] = self.realism
+        return ident
 
     def identity_sha256(self) -> str:
         text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
@@ -496,6 +500,19 @@ def spec_from_dict(doc: Dict[str, Any], input_dir: str = ".") -> DatasetSpec:
     if enabled and fmt in ("float", "pgm", "png"):
         raise SpecError(f"[noise]: {fmt} frames show the noiseless photon image; use format smv, cbf, h5 "
                         "or nxs for noise")
+    realism: Dict[str, Any] = {}
+    if "background" in doc or "detector" in doc:
+        from .realism import parse_background, parse_detector
+        if "background" in doc:
+            if not isinstance(doc["background"], dict):
+                raise SpecError("[background] must be a table")
+            realism["background"] = parse_background(doc["background"], os.path.abspath(input_dir))
+        if "detector" in doc:
+            if not isinstance(doc["detector"], dict):
+                raise SpecError("[detector] must be a table")
+            if not enabled:
+                raise SpecError("[detector]: the detector response makes the noise frames; enable [noise]")
+            realism["detector"] = parse_detector(doc["detector"])
     device = run.get("device", "auto")
     if not isinstance(device, str):
         raise SpecError("[run] device: expected 'auto', 'cpu' or 'cuda[:n]'")
@@ -507,7 +524,7 @@ def spec_from_dict(doc: Dict[str, Any], input_dir: str = ".") -> DatasetSpec:
         retries=_int("[run] retries", run.get("retries", 2), 0),
         batch=_int("[run] batch", run.get("batch", 1), 1),
         device=device, input_dir=os.path.abspath(input_dir),
-        source={k: v for k, v in doc.items()}, description=str(doc.get("description", "")))
+        source={k: v for k, v in doc.items()}, description=str(doc.get("description", "")), realism=realism)
     names = {spec.file_name(i) for i in range(spec.count)}
     if len(names) != spec.count:
         raise SpecError(f"[output] name {spec.name!r}: frames must get distinct file names")

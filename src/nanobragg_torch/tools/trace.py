@@ -76,10 +76,7 @@ import numpy as np
 import torch
 
 from .. import engine as _engine
-from ..physics.detector_response import capture_fraction as _capture_fraction
-from ..physics.detector_response import solid_angle as _solid_angle
 from ..physics.lattice import lattice_square as _lattice_square
-from ..physics.polarization import polarization_factor as _polarization_factor
 
 RTD = 180.0 / math.pi
 TRACE_FORMAT_VERSION = 1
@@ -255,46 +252,38 @@ def compute_trace(pb, spixel: int, fpixel: int, st=None, prep=None,
     dev = pb.fdet.device
     T, O = pb.thicksteps, pb.oversample
     pix = torch.tensor([idx], dtype=torch.long, device=dev)
-    pos = _engine._subpixel_positions(pb, pix)[0]                       # (T, O, O, 3)
-    airpath = torch.linalg.vector_norm(pos, dim=-1)                     # (T, O, O)
+    # the render's own stages (engine.render_chunk), for this one pixel; the factors at every
+    # sub-pixel / source (the -oversample_* forms), the cached ones are picked in the loop below
+    g = _engine.subpixel_geometry(pb, pix, state)
+    pos = torch.stack([g.px[..., 0], g.py[..., 0], g.pz[..., 0]], -1)   # (T, O, O, 3)
+    airpath = g.airpath[..., 0]                                         # (T, O, O)
     diffracted = pos / airpath.unsqueeze(-1)
-    omega_all = _solid_angle(pb.pixel_size, airpath, pb.close_distance, pb.point_pixel)
-    if pb.thickness_on or pb.oversample_thick:
-        parallax = (diffracted * pb.odet).sum(-1)
-        layer = torch.arange(T, dtype=pos.dtype, device=dev).view(T, 1, 1)
-        capture_all = _capture_fraction(layer, pb.thickstep, pb.mu, parallax)
-    else:
-        capture_all = torch.ones_like(airpath)
+    omega_all = _engine.solid_angle_stage(pb.replace(oversample_omega=True), g)[0][..., 0]
+    capture_all = (_engine.capture_stage(pb.replace(oversample_thick=True), g)[0] if pb.thickness_on else None)
+    capture_all = torch.ones_like(airpath) if capture_all is None else capture_all[..., 0]
     incident = pb.incident                                              # (S, 3)
     wavelength = pb.wavelength                                          # (S,)
     S = incident.shape[0]
-    q = (diffracted.unsqueeze(-2) - incident) / wavelength.unsqueeze(-1)   # (T, O, O, S, 3)
+    dq, keep_stage = _engine.scattering_stage(pb, g)                    # (T, O, O, S, 1) components
+    q = torch.stack([c[..., 0] for c in dq], -1) / wavelength.unsqueeze(-1)   # (T, O, O, S, 3)
     stol = 0.5 * torch.linalg.vector_norm(q, dim=-1)                    # (T, O, O, S)
-    if pb.dmin > 0:
-        keep = ~((stol > 0) & (pb.dmin > 0.5 / torch.where(stol > 0, stol, torch.ones_like(stol))))
-    else:
-        keep = torch.ones_like(stol, dtype=torch.bool)
+    keep = torch.ones_like(stol, dtype=torch.bool) if keep_stage is None else keep_stage[..., 0]
+    polar_all = _engine.polarization_stage(pb.replace(oversample_polar=True, nopolar=False), g,
+                                           keep_stage)[0][..., 0]       # (T, O, O, S)
     dif_e = diffracted.unsqueeze(-2).expand(T, O, O, S, 3)
     inc_e = incident.expand(T, O, O, S, 3)
-    polar_all = _polarization_factor(pb.kahn, inc_e, dif_e, pb.polar_vector)   # (T, O, O, S)
     cos2t_all = (inc_e * dif_e).sum(-1)
 
     E0 = T * O * O * S
-    qf = q.reshape(E0, 3)
-    h, k, l = _engine.miller_indices(pb, qf)                              # (E0, M) each
+    patched: list = []
+    h, k, l = (u.reshape(E0, -1) for u in _engine.miller_stage(pb, g, dq, keep_stage, state, False, patched))
     M = h.shape[1]
     lat_used = pb.lattices.unsqueeze(0).expand(E0, M, 3, 3)
     first_row = None
-    if pb.lattices_first is not None and not state.first_done:
-        kf = keep.reshape(-1)
-        if bool(kf.any()):
-            first_row = int(torch.argmax(kf.to(torch.int8)))
-            hf, kf_, lf = _engine.miller_indices(pb, qf[first_row:first_row + 1], pb.lattices_first)
-            h, k, l = h.clone(), k.clone(), l.clone()
-            h[first_row], k[first_row], l[first_row] = hf[0], kf_[0], lf[0]
-            lat_used = lat_used.clone()
-            lat_used[first_row] = pb.lattices_first
-            state.first_done = True
+    if patched:
+        first_row = patched[0][0]
+        lat_used = lat_used.clone()
+        lat_used[first_row] = pb.lattices_first
     F_latt = _engine.lattice_factor(pb, h, k, l)                          # (E0, M), signed
     if pb.shape == "square":
         red = pb.reduced_sincg
