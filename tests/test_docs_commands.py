@@ -39,6 +39,8 @@ NOT_RUN = {
     "nanobragg-dataset examples/serial.toml shots/ --scheduler tcp://head:8786": "a placeholder cluster address",
     "nanobragg-dataset examples/rotation.toml rot/ --local-cluster 4":
         "starts four worker processes (tests/test_dataset.py runs a LocalCluster)",
+    "nonBragg -stol water.stol -thickness 0.1 -fluence 1e22 -detpixels 128 -pixel 0.2 -distance 100 -lambda 1":
+        "reads water.stol, a file of the companion suite beside the repository (tests/test_companions.py runs it)",
     "nice -n 5 .venv/bin/python scripts/fuzz.py": "the extended random run (an hour on 2 cores); the quick one runs",
     "python examples/refine_geometry.py [--noise] [--seed S]": "a usage line ([...] = optional); run plainly below",
 }
