@@ -159,3 +159,23 @@ def test_fuzz_found_degenerate_frames_are_refused(tmp_path, flags, message):
     rc, err = _main(tmp_path, "-cell 20 20 20 70 70 70 -N 0 -hkl legal.hkl -lambda 1 -detpixels_f 1 "
                               "-detpixels_s 1 -pixel 1 -oversample 1 -dtype float32 " + flags)
     assert rc == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_zero_optical_depth_at_a_grazing_ray_is_finite(tmp_path):
+    """Found by the extended random run: a subnormal -detector_thick (0 in float32) and a ray that
+    rounds into the detector plane (a detector 1e-12 m away) gave 0/0 in the capture fraction."""
+    rc, err = _main(tmp_path, "-cell 20 20 20 70 70 70 -N 0 -hkl legal.hkl -lambda 1 -detpixels_f 1 "
+                              "-detpixels_s 2 -pixel 0.625 -distance 1e-9 -twotheta 2 -detector_thick 1.11254e-308 "
+                              "-detector_abs 1 -thicksteps 1 -oversample 1 -dtype float32 -seed 0 -mosaic_seed 0")
+    assert rc == 0, err
+    img = np.fromfile(tmp_path / "f.bin", dtype="<f4")
+    assert img.size == 2 and np.isfinite(img).all()
+
+
+def test_capture_fraction_zero_depth():
+    import torch
+    from nanobragg_torch.physics.detector_response import capture_fraction
+    p = torch.tensor([0.0, 1e-9, 1.0], dtype=torch.float32)
+    for layer in (0.0, 1.0):
+        c = capture_fraction(torch.tensor(layer), torch.tensor(0.0), 1e6, p)
+        assert torch.equal(c, torch.zeros(3))

@@ -22,10 +22,13 @@ def capture_fraction(layer, thickstep, mu, parallax: torch.Tensor) -> torch.Tens
     sensor from behind (a -curved_det pixel past the plane's horizon) then gets a
     negative capture fraction of ~exp(+dt*mu/|p|), which overflows to -inf or NaN.
     The path through a slab is dt/|p| from either side, so |p| is used.  A grazing
-    ray (p = 0) is absorbed entirely in the first layer it meets.
+    ray (p = 0) is absorbed entirely in the first layer it meets; a sensor of zero optical
+    depth (thickness x mu underflowing to 0) absorbs nothing, whatever the angle.
     """
     p = torch.abs(parallax)
-    a = thickstep * mu / p                       # +inf where p == 0
+    tm = torch.as_tensor(thickstep * mu, dtype=p.dtype, device=p.device)
+    # +inf where p == 0 (a grazing ray); a layer of zero optical depth absorbs nothing, even then
+    a = torch.where(tm == 0, torch.zeros_like(p), tm / p)
     layer = torch.as_tensor(layer, dtype=p.dtype, device=p.device)
     front = torch.where(layer == 0, torch.ones_like(a), torch.exp(-layer * a))   # 0 * inf would be NaN
     return front - torch.exp(-(layer + 1) * a)
