@@ -64,13 +64,13 @@ def setup_from_args(args: Union[str, Sequence[str]], cwd: str = ".", now: Option
 # ---------------------------------------------------------------------------
 
 def check_device(st) -> None:
-    """A CUDA device asked for on a machine without one is the user's error (exit 2)."""
+    """A device that this machine does not have (cuda, xpu, mps) is the user's error (exit 2)."""
+    from .devices import device_problem
     device = st.flags.device
-    if device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            from .cli.resolve import SetupError
-            raise SetupError(f"-device {device}: CUDA is not available on this machine")
+    problem = device_problem(device)
+    if problem is not None:
+        from .cli.resolve import SetupError
+        raise SetupError(f"-device {device}: {problem}")
 
 
 def count_evaluations(st, prep) -> int:
@@ -85,8 +85,12 @@ def check_work(st, prep) -> None:
     """Refuse a set-up whose geometry is not finite or whose single pixel would not fit in memory."""
     import torch
     from .cli.resolve import SetupError
+    from .models.detector import geometry_problem
     det, xt = st.detector, st.crystal
     geo = prep.geometry
+    problem = geometry_problem(geo, curved=det.curved)
+    if problem is not None:
+        raise SetupError(problem)
     parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]
     if not all(bool(torch.isfinite(p).all()) for p in parts):
         raise SetupError("the detector geometry is not finite (degenerate detector vectors or rotations)")
@@ -358,7 +362,7 @@ class OutputImages:
         if "meta" not in self._cache:
             from .io.formats import frame_metadata
             meta = frame_metadata(self.rendered.setup, self.rendered.prepared)
-            meta["png_scale"] = getattr(self.rendered.setup.flags, "png_scale", "log")
+            meta["png_scale"] = getattr(self.rendered.setup.flags, "png_scale", "asinh")
             self._cache["meta"] = meta
         meta = self._cache["meta"]
         if kind == "noise":

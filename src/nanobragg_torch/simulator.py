@@ -31,10 +31,11 @@ import torch
 from .config import (AVOGADRO, R_E_SQR, WATER_F, WATER_MW, BeamConfig, CrystalConfig,
                      DetectorConfig, SimulationOptions, StructureFactorConfig)
 from .engine import RenderProblem, render
+from .devices import device_problem
 from .models.base import RefTracked, to_float
 from .models.beam import Beam, Sources
 from .models.crystal import Crystal, Lattice
-from .models.detector import Detector, DetectorGeometry
+from .models.detector import Detector, DetectorGeometry, geometry_problem
 from .models.structure_factors import StructureFactors
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -366,7 +367,13 @@ def simulate(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
     """
     xt, det, bm, sf = as_models(crystal, detector, beam, structure_factors)
     options = _options_for(xt, options)
+    problem = device_problem(options.device)
+    if problem is not None:
+        raise ValueError(f"device {options.device}: {problem}")
     prep = prepare(xt, det, bm, device=options.device, dtype=torch.float64)
+    problem = geometry_problem(prep.geometry, curved=det.settings.curved)
+    if problem is not None:
+        raise ValueError(problem)
     pb = build_problem(prep, xt, det, bm, sf, options)
     if checkpoint:
         res = render_checkpointed(pb, options.max_chunk_elements, progress=progress)

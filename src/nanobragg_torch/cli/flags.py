@@ -163,7 +163,7 @@ class RawFlags:
     trace_json: Optional[str] = None
     image_format: Optional[str] = None      # -format: smv|cbf|h5|nxs for the integer and noise images
     pngfilename: Optional[str] = None       # -pngfile: 8-bit PNG preview
-    png_scale: str = "log"                  # -pngscale: log|linear
+    png_scale: str = "asinh"                # -pngscale: asinh|log|linear
     # which files the user named explicitly (for messages)
     given: List[str] = field(default_factory=list)
 
@@ -374,7 +374,7 @@ def _png_scale(f, v):
 
 #: values of -format (the integer and noise images) and -pngscale
 IMAGE_FORMATS = ("smv", "cbf", "h5", "nxs")
-PNG_SCALES = ("log", "linear")
+PNG_SCALES = ("asinh", "log", "linear")
 
 
 mm = 1.0 / 1000.0

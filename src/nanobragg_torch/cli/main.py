@@ -22,8 +22,11 @@ from typing import List, Optional
 import numpy as np
 
 from .. import pipeline
-from ..io.formats import FormatError, check_available, format_from_extension
+from .._console import is_broken_pipe
+from ..io.formats import (FormatError, check_available, format_from_extension, missing_packages,
+                          missing_packages_message)
 from ..io.hkl import InputFileError, write_fdump
+from ..models.beam import divergence_grid
 from .flags import RTD, FlagError
 from .resolve import SetupError
 from .usage import usage_text
@@ -48,17 +51,21 @@ def image_statistics(img: np.ndarray, rendered: np.ndarray, roi):
 
 def _print_setup(out, st, prep, res=None):
     import torch
-    f = st.flags
     det, xt, bm = st.detector, st.crystal, st.beam
     geo = prep.geometry
     lat = prep.lattice
     p = lambda s="": print(s, file=out)
+    for line in st.report:                  # the C prints these while it reads the flags
+        if not line.startswith("WARNING: clipping sample"):
+            p(line)
     p("%s convention selected." % det.convention)
     p("pivoting detector around %s" % ("sample" if det.pivot == "sample" else "direct beam spot"))
     bvec = geo.beam_vector
     p("XDS incident beam: %g %g %g" % (float(bvec @ geo.fdet), float(bvec @ geo.sdet), float(bvec @ geo.odet)))
     if st.interpolate_auto:
         p(st.interpolate_auto)
+    if st.flags.matfilename:
+        p("reading %s" % st.flags.matfilename)
     if st.misset_report:
         p(st.misset_report)
     a, b, c = (lat.a * 1e10, lat.b * 1e10, lat.c * 1e10)
@@ -82,25 +89,44 @@ def _print_setup(out, st, prep, res=None):
         p("auto-selected %d-fold oversampling" % prep.oversample)
     if prep.oversample < prep.recommended_oversample:
         p("WARNING: maximum dimension of sample is %g A" % (max(prep.xtal_size) * 1e10))
+        p("         but reciprocal pixel size is %g A" % (bm.wavelength * float(geo.distance) / det.pixel_size
+                                                          * 1e10))
+        p("         intensity may vary significantly across a pixel!")
         p("         recommend -oversample %d to work around this" % prep.recommended_oversample)
-    for line in st.report:
-        p(line)
+    # the C's rough estimate: protein density 1.2 g/cm^3 over the crystal's volume and cells
+    cells = float(prep.N[0]) * float(prep.N[1]) * float(prep.N[2])
+    if cells > 0:
+        volume = prep.xtal_size[0] * prep.xtal_size[1] * prep.xtal_size[2]
+        p("approximate MW = %g" % (volume * 1.2e6 * 6.02214179e23 / cells))
     if st.hkl is not None and st.flags.hklfilename is None and st.flags.pdbfilename is None:
         p("reading Fs from %s" % st.flags.dumpfilename)
+    elif st.flags.hklfilename is not None:
+        p("counting entries in %s" % st.flags.hklfilename)
+        if st.structure_factors.default_F != 0.0:
+            p("initializing to default_F = %g:" % st.structure_factors.default_F)
+            p("done initializing:")
+        p("re-reading %s" % st.flags.hklfilename)
+        if st.write_dump:
+            p("writing dump file for next time: %s" % st.flags.dumpfilename)
     for t in range(det.thicksteps):
         p("thick%d = %g um" % (t, det.thickstep * t * 1e6))
     for i in range(xt.phisteps):
         p("phi%d = %g" % (i, (xt.phi0 + xt.phistep * i) * RTD))
     src = prep.sources
+    if bm.source_xyz is None or len(bm.source_xyz) == 0:
+        for hdiv, vdiv in divergence_grid(bm):
+            p("divergence deviation: %g %g" % (hdiv, vdiv))
+        for d in range(bm.dispsteps):
+            p("lambda%d = %.15g" % (d, bm.wavelength * (1.0 + bm.dispstep * d - bm.dispersion / 2.0)))
     p("  created a total of %d sources:" % src.incident.shape[0])
     for i in range(src.incident.shape[0]):
         x, y, z = (float(v) for v in src.position[i])
         p("%g %g %g   %g %g" % (x, y, z, float(src.weight[i]), float(src.wavelength[i])))
     domains = 1 if xt.mosaic_umats is None else len(xt.mosaic_umats)
     p("  created a total of %d mosaic domains" % domains)
-    # the C counts the lines of -hkl, or the grid cells of Fdump.bin
-    hkls = st.hkl.count if st.hkl is not None else st.structure_factors.hkls
-    p("  %d initialized hkls (all others =%g)" % (hkls, st.structure_factors.default_F))
+    # as the C counts them: reflections read from -hkl, grid cells from a dump file, else 0
+    p("  %d initialized hkls (all others =%g)" % (st.hkl.count if st.hkl is not None else 0,
+                                                  st.structure_factors.default_F))
     shape_name = {"round": "ellipsoidal", "square": "parallelpiped", "gauss": "gaussian", "tophat": "tophat-spot"}
     p("  %s xtal: %.0fx%.0fx%.0f cells" % (shape_name[xt.shape], *(float(n) for n in prep.N)))
     p("  wave=%g meters +/- %g%% in %d steps" % (bm.wavelength, bm.dispersion * 100, bm.dispsteps))
@@ -131,7 +157,8 @@ def _print_setup(out, st, prep, res=None):
     p("  roi: %d < x < %d && %d < y < %d" % tuple(det.roi))
     p("  hdivrange=%g hdivstep=%g  radians" % (bm.hdivrange, bm.hdivstep))
     p("  vdivrange=%g vdivstep=%g  radians" % (bm.vdivrange, bm.vdivstep))
-    p("  %d divergence steps" % src.divsteps)
+    # the C's count is -1 (never set) when the sources come from -sourcefile
+    p("  %d divergence steps" % (src.divsteps if bm.source_xyz is None or len(bm.source_xyz) == 0 else -1))
     p("  %d sources" % src.incident.shape[0])
     p("  %d mosaic domains over mosaic spread of %g degrees" % (domains, xt.mosaic_spread * RTD))
     p("  %d phi steps from %g to %g degrees" % (xt.phisteps, xt.phi0 * RTD, (xt.phi0 + xt.osc) * RTD))
@@ -215,11 +242,17 @@ def check_outputs(plan: List[Output], st, path) -> None:
     seen = {}
     probed = {}
     for o in plan:
-        if o.fmt is not None:
+        if o.fmt is not None and not missing_packages([o.fmt]):
             try:
-                check_available(o.fmt)
+                check_available(o.fmt)          # an unknown format
             except FormatError as e:
                 raise FormatError(f"{o.flag} {o.name}: {e}") from None
+    # every output whose writer package is missing, and every such package, in one line
+    lacking = [o for o in plan if o.fmt is not None and missing_packages([o.fmt])]
+    if lacking:
+        raise FormatError(missing_packages_message([f"{o.flag} {o.name}" for o in lacking],
+                                                   missing_packages([o.fmt for o in lacking])))
+    for o in plan:
         if o.name == "":
             raise FlagError(f"{o.flag}: empty file name")
         full = path(o.name)
@@ -333,6 +366,12 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
         # numba's import and kernel load (seconds) overlap the render on a background thread
         threading.Thread(target=_preload_noise_kernel, name="nb-noise-jit", daemon=True).start()
 
+    for name in (f.maskfilename, f.imginfilename):      # the C reads the header images first
+        if name:
+            print("reading %s" % name, file=out)
+    for line in st.report:                  # the C prints these before its banner
+        if line.startswith("WARNING: clipping sample"):
+            print(line, file=out)
     print("nanoBragg nanocrystal diffraction simulator (nanobragg-torch)", file=out)
 
     hooks = pipeline.Hooks()
@@ -364,6 +403,11 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
         print("WARNING: out of range for three point interpolation: h,k,l,h0,k0,l0: %g,%g,%g,%d,%d,%d "
               % (h, k, l, math.ceil(h - 0.5), math.ceil(k - 0.5), math.ceil(l - 0.5)), file=out)
         print("WARNING: further warnings will not be printed! ", file=out)
+    if done.nonfinite and not np.isnan(done.image).any():
+        # +inf only: the physics overflowed 4-byte floats (an extreme set-up), nothing is written
+        raise SetupError("%d pixels exceed the range of the 4-byte float image (more than %.3g photons): "
+                         "the set-up is extreme (the detector distance, -point_pixel, -fluence or -water)"
+                         % (done.nonfinite, float(np.finfo(np.float32).max)))
     if done.nonfinite:
         print("WARNING: %d pixels are not finite (NaN or overflow of 4-byte floats)" % done.nonfinite, file=out)
     print("", file=out)
@@ -459,6 +503,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         error(e)
         return EXIT_IO
     except OSError as e:
+        if is_broken_pipe(e):       # the reader of stdout went away (| head): quiet, as in C
+            raise
         name = f"{e.filename}: " if getattr(e, "filename", None) else ""
         error(f"{name}{e.strerror or e}")
         return EXIT_IO

@@ -16,13 +16,15 @@ FLAG_TABLE = [
     ("-dump", "FILE", "Fdump.bin", "binary structure-factor cache, read when -hkl is absent"),
     ("-default_F", "F", "0", "structure factor of every reflection not in the file"),
     ("-N / -Na -Nb -Nc", "n", "1", "unit cells along each axis"),
-    ("-samplesize / -xtalsize", "mm", "0", "crystal size (sets N); also -sample_x/_y/_z, -xtal_x/_y/_z"),
+    ("-samplesize / -sample_size / -xtalsize / -xtal_size", "mm", "0", "crystal size (sets N)"),
+    ("-sample_thick -sample_width -sample_height", "mm", "0", "crystal size along x, y, z; also -sample_x -sample_y "
+     "-sample_z, -xtal_thick -xtal_width -xtal_height, -xtal_x -xtal_y -xtal_z, -width -height"),
     ("-square_xtal", "", "default", "parallelepiped crystal (sinc lattice transform)"),
     ("-round_xtal", "", "", "ellipsoidal crystal"),
     ("-gauss_xtal", "", "", "Gaussian spots, no inter-Bragg maxima"),
     ("-tophat_spots / -binary_spots", "", "", "flat-top spots clipped at the FWHM"),
     ("-fudge", "f", "1", "scale of the spot radius for round/gauss/tophat shapes"),
-    ("-mosaic / -mosaici / -mosaic_spread", "deg", "0", "isotropic mosaic spread"),
+    ("-mosaic / -mosaicity / -mosaic_spread", "deg", "0", "isotropic mosaic spread"),
     ("-mosaic_dom / -mosaic_domains", "n", "10 if spread>0", "mosaic domains"),
     ("-mosaic_seed", "N", "12345678", "seed of the mosaic domains"),
     ("-phi", "deg", "0", "spindle angle at the start"),
@@ -32,9 +34,9 @@ FLAG_TABLE = [
     ("-spindle_axis", "x y z", "convention", "spindle rotation axis (selects the CUSTOM convention)"),
     ("-interpolate / -nointerpolate", "", "auto (on if any N<=2)", "tricubic interpolation of structure factors"),
     ("-water", "um", "0", "thickness of water around the crystal (background)"),
-    ("-density / -sample_den, -MW / -molec", "g/cm^3; g/mol", "1; 18", "read and reported only"),
+    ("-density / -sample_density, -MW / -molecular_weight / -molecules", "g/cm^3; g/mol", "1; 18", "read and reported only"),
     ("Beam", None, None, None),
-    ("-lambda / -wave", "A", "1", "wavelength"),
+    ("-lambda / -wavelength / -wave", "A", "1", "wavelength"),
     ("-energy", "eV", "", "photon energy (alternative to -lambda)"),
     ("-dispersion", "%", "0", "spectral dispersion (delta lambda / lambda)"),
     ("-dispsteps", "n", "auto", "wavelengths across the dispersion"),
@@ -57,7 +59,7 @@ FLAG_TABLE = [
     ("-distance", "mm", "100", "sample to beam spot (pivot: beam)"),
     ("-close_distance", "mm", "", "sample to detector plane (pivot: sample)"),
     ("-pixel", "mm", "0.1", "pixel size"),
-    ("-detpixels / -detpixels_f -detpixels_s (_x _y)", "n", "1024", "pixels"),
+    ("-detpixels / -detpixels_f -detpixels_s / -detpixels_x -detpixels_y", "n", "1024", "pixels"),
     ("-detsize / -detsize_f -detsize_s", "mm", "102.4", "detector size"),
     ("-Xbeam -Ybeam", "mm", "centre", "beam centre (pivot: beam)"),
     ("-Xclose -Yclose", "mm", "centre", "near point (pivot: sample)"),
@@ -75,7 +77,7 @@ FLAG_TABLE = [
     ("-detector_thick", "um", "0", "sensor thickness"),
     ("-detector_thicksteps / -thicksteps", "n", "auto", "sensor layers"),
     ("-oversample", "n", "auto", "sub-pixels per pixel edge"),
-    ("-oversample_thick -oversample_polar -oversample_omega", "", "off", "recompute that factor at every step; it weights its own term"),
+    ("-oversample_thick -oversample_polar -oversample_omega", "", "off", "recompute that factor at every step; it weights its own term (the C compounds it: -c_legacy)"),
     ("-roi", "xmin xmax ymin ymax", "all", "render only this region (pixels, inclusive)"),
     ("-mask", "FILE.img", "", "SMV image; zero pixels are skipped (also sets geometry from its header)"),
     ("-img", "FILE.img", "", "take the detector geometry from an SMV header"),
@@ -93,34 +95,72 @@ FLAG_TABLE = [
     ("-pgmscale", "s", "auto", "scale of the PGM"),
     ("-nopgm", "", "", "do not write the PGM"),
     ("-pngfile", "FILE", "", "8-bit PNG preview (needs pillow)"),
-    ("-pngscale", "log|linear", "log", "brightness scale of the PNG preview"),
+    ("-pngscale", "asinh|log|linear", "asinh", "brightness scale of the PNG preview (asinh: spots over a dark background)"),
     ("-printout", "", "", "print pixel values"),
     ("-printout_pixel", "f s", "", "print one pixel's values"),
     ("-noprogress / -progress", "", "progress on a terminal", "progress bar"),
     ("-stol / -4stol / -Q / -stolout", "FILE", "", "read and reported, as in the C program"),
     ("This project", None, None, None),
     ("-dtype", "float32|float64", "float32", "compute precision"),
-    ("-device", "cpu|cuda[:n]", "cpu", "compute device"),
-    ("-backend", "auto|torch|fused|compile", "auto", "renderer: auto = the fused CPU kernel (compiled once per machine, cached) where it takes the problem, else torch (the reference; gradients); see docs/design.md"),
+    ("-device", "cpu|cuda[:n]|xpu[:n]|mps", "cpu", "compute device (checked before rendering)"),
+    ("-backend", "auto|torch|fused|compile", "auto", "renderer: auto = the fused CPU kernel (compiled once per machine, cached) where it takes the problem, else torch (the reference; gradients)"),
     ("-compile", "", "off", "fused kernels (torch.compile): faster renders after a one-time compilation of tens of seconds; for many renders in one process"),
     ("-c_legacy", "", "off", "the unmodified C program's image: its phi=0 carry-over and compounding -oversample_* factors; "
                                   "its SMV header distance and beam centres"),
-    ("-phi_carryover", "fixed|c", "fixed", "c: reproduce the C program's phi=0 carry-over bug"),
+    ("-phi_carryover", "fixed|c", "fixed", "c: reproduce the C program's phi=0 carry-over bug alone"),
     ("-trace_pixel", "s f", "", "print every intermediate quantity of one pixel"),
+    ("--trace-json / -trace_json", "FILE", "", "with -trace_pixel: also write the trace as JSON, per phi step"),
     ("-h / --help", "", "", "this listing"),
     ("Exit status: 0 done, 2 bad input, 1 an output cannot be written, 3 internal error "
-     "(NB_DEBUG=1 shows the traceback); image formats: docs/formats.md", None, None, None),
+     "(NB_DEBUG=1 shows the traceback), 141 the reader of the output went away (a pipe closed).", None, None, None),
 ]
 
 
+WIDTH = 100        # columns of the -h listing
+LEFT = 44          # width of its flag column
+
+
 def usage_text() -> str:
+    """The -h listing: every flag, lines of at most WIDTH columns."""
+    import textwrap
     lines = ["usage: nanoBragg -cell a b c al be ga (or -mat A.mat) -hkl Fs.hkl (or -default_F F) [options]",
              "PyTorch reimplementation of nanoBragg; flags, units and defaults as the C program.", ""]
+    indent = " " * (LEFT + 1)
     for flags, val, units, desc in FLAG_TABLE:
         if val is None:
-            lines.append(f"{flags}:" if not flags.startswith("Exit status") else f"\n{flags}")
+            if flags.startswith("Exit status"):
+                lines.append("")
+                lines.extend(textwrap.wrap(flags, WIDTH))
+            else:
+                lines.append(f"{flags}:")
             continue
         left = f"  {flags} {val}".rstrip()
         right = f"{desc}" + (f" [{units}]" if units else "")
-        lines.append(f"{left:<52s} {right}")
+        if len(left) > LEFT:
+            lines.extend(textwrap.wrap(left, WIDTH, subsequent_indent="    "))
+            lines.extend(textwrap.wrap(right, WIDTH, initial_indent=indent, subsequent_indent=indent))
+        else:
+            body = textwrap.wrap(right, WIDTH - LEFT - 1) or [""]
+            lines.append(f"{left:<{LEFT}s} {body[0]}".rstrip())
+            lines.extend(indent + b for b in body[1:])
     return "\n".join(lines)
+
+
+def markdown_tables() -> str:
+    """The README's flag tables (one per group), from the same FLAG_TABLE."""
+    out = []
+    esc = lambda x: (x or "").replace("|", "\\|")            # noqa: E731
+    for flags, val, units, desc in FLAG_TABLE:
+        if val is None:
+            if flags.startswith("Exit status"):
+                out += ["", flags]
+            else:
+                out += ["" if out else None, f"**{flags}**", "", "| flag | value | units; default | meaning |",
+                        "|---|---|---|---|"]
+            continue
+        out.append(f"| `{flags}` | {esc(val)} | {esc(units)} | {esc(desc)} |")
+    return "\n".join(x for x in out if x is not None)
+
+
+if __name__ == "__main__":      # python -m nanobragg_torch.cli.usage: the README's tables
+    print(markdown_tables())

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 from .manifest import LockedError
 from .spec import FORMATS, SpecError, load_spec
+from .._console import is_broken_pipe
 
 
 def parse_frames(text: str) -> List[int]:
@@ -96,6 +97,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("nanobragg-dataset: interrupted; finished frames are kept, rerun to resume", file=sys.stderr)
         return 130
     except OSError as e:
+        if is_broken_pipe(e):       # the reader of stdout went away (| head): quiet
+            raise
         print(f"nanobragg-dataset: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
     if summary.interrupted:

@@ -94,6 +94,7 @@ def render_frame(args: Sequence[str], fmt: str = "smv", noise: bool = False, cwd
     device = resolve_device(device)
     argv = list(args) + (["-device", device] if device != "cpu" else [])
     st = pipeline.setup_from_args(argv, cwd=cwd)
+    pipeline.check_device(st)
     done = pipeline.run_setup(st)
     realism = realism or {}
     if realism.get("background"):

@@ -29,7 +29,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
@@ -75,6 +75,26 @@ def check_available(fmt: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise FormatError(f"writing {fmt.upper()} files needs the '{package}' package "
                           f"(pip install 'nanobragg-torch[formats]')")
+
+
+def missing_packages(fmts) -> List[str]:
+    """The writer packages (pip names, in order, once each) that the formats ``fmts`` need and
+    that are not installed."""
+    import importlib.util
+    out = []
+    for fmt in fmts:
+        need = _NEEDS.get(fmt)
+        if need is not None and need[1] not in out and importlib.util.find_spec(need[0]) is None:
+            out.append(need[1])
+    return out
+
+
+def missing_packages_message(what: List[str], packages: List[str]) -> str:
+    """One line naming every output that cannot be written and every package missing."""
+    pk = " and ".join("'%s'" % p for p in packages) if len(packages) < 3 else \
+        ", ".join("'%s'" % p for p in packages[:-1]) + " and '%s'" % packages[-1]
+    return (f"{', '.join(what)}: writing {'this format' if len(what) == 1 else 'these formats'} needs "
+            f"the {pk} package{'s' if len(packages) > 1 else ''} (pip install 'nanobragg-torch[formats]')")
 
 
 @contextlib.contextmanager
@@ -209,7 +229,7 @@ def write_image(path: str, image: np.ndarray, meta: dict, fmt: Optional[str] = N
             write_pgm(path, pgm, scale)
     elif fmt == "png":
         from .png import write_png
-        write_png(path, img, scale=meta.get("png_scale", "log"))
+        write_png(path, img, scale=meta.get("png_scale", "asinh"))
     elif fmt == "cbf":
         from .cbf import write_cbf
         write_cbf(path, img, meta)

@@ -20,10 +20,11 @@ from ..physics.rotation import rotate_axis
 from .base import TensorModel, to_float
 
 
-def divergence_grid(c) -> List[Tuple[float, float]]:
-    """(hdiv, vdiv) pairs (radians) kept by the elliptical trim, in loop order.
+def divergence_indices(c) -> List[Tuple[int, int]]:
+    """(ih, iv) step indices kept by the elliptical trim, in loop order.
 
-    ``c`` is a :class:`BeamConfig` or a :class:`Beam` (its fields are read as floats).
+    ``c`` is a :class:`BeamConfig` or a :class:`Beam` (its fields are read as
+    floats: which grid points are kept is a discrete decision).
     """
     g = lambda name: to_float(getattr(c, name))
     hdivstep, hdivrange, vdivstep, vdivrange = g("hdivstep"), g("hdivrange"), g("vdivstep"), g("vdivrange")
@@ -40,8 +41,15 @@ def divergence_grid(c) -> List[Tuple[float, float]]:
                 test = test + (vdiv * vdiv - vdivstep * vdivstep / 4.0 * (1 - cfg.vdivsteps % 2)) / vr / vr
             if cfg.round_div and test * 4.0 > 1.1:
                 continue
-            out.append((hdiv, vdiv))
+            out.append((ih, iv))
     return out
+
+
+def divergence_grid(c) -> List[Tuple[float, float]]:
+    """(hdiv, vdiv) pairs (radians) kept by the elliptical trim, in loop order (floats)."""
+    g = lambda name: to_float(getattr(c, name))
+    hdivstep, hdivrange, vdivstep, vdivrange = g("hdivstep"), g("hdivrange"), g("vdivstep"), g("vdivrange")
+    return [(hdivstep * ih - hdivrange / 2.0, vdivstep * iv - vdivrange / 2.0) for ih, iv in divergence_indices(c)]
 
 
 @dataclass
@@ -139,17 +147,23 @@ class Beam(TensorModel):
             vert = torch.linalg.cross(beam, polar)
             vn = torch.linalg.vector_norm(vert)
             vert = torch.where(vn > 0, vert / torch.where(vn > 0, vn, torch.ones_like(vn)), vert)
-            grid = divergence_grid(self)
+            # the angles and wavelength factors are tensors of the (differentiable) ranges and steps,
+            # computed in the C's order of operations (the same float64 values as the C's doubles)
+            grid = divergence_indices(self)
             divsteps = len(grid)
-            start = -self.plain("source_distance") * beam
+            v = lambda name: self.value(name, dtype, device)
+            hstep, hrange, vstep, vrange = v("hdivstep"), v("hdivrange"), v("vdivstep"), v("vdivrange")
+            start = -v("source_distance") * beam
             dirs = []
-            for hdiv, vdiv in grid:
-                v = rotate_axis(start, polar, hdiv * 0 + vdiv)
-                v = rotate_axis(v, vert, hdiv)
-                dirs.append(v)
-            dstep, disp = self.plain("dispstep"), self.plain("dispersion")
+            for ih, iv in grid:
+                hdiv = hstep * ih - hrange / 2.0
+                vdiv = vstep * iv - vrange / 2.0
+                d = rotate_axis(start, polar, vdiv)
+                d = rotate_axis(d, vert, hdiv)
+                dirs.append(d)
+            dstep, disp = v("dispstep"), v("dispersion")
             lam_f = [1.0 + dstep * d - disp / 2.0 for d in range(c.dispsteps)]
-            pos = torch.stack([v for v in dirs for _ in lam_f]) if dirs else torch.zeros(0, 3, dtype=dtype, device=device)
+            pos = torch.stack([d for d in dirs for _ in lam_f]) if dirs else torch.zeros(0, 3, dtype=dtype, device=device)
             lam_t = torch.stack([lam0 * f for _ in dirs for f in lam_f]) if dirs else torch.zeros(0, dtype=dtype, device=device)
             n = max(len(dirs) * len(lam_f), 1)
             weight = torch.full((len(dirs) * len(lam_f),), 1.0 / n, dtype=dtype, device=device)

@@ -215,3 +215,45 @@ class Detector(TensorModel):
         return DetectorGeometry(fdet=f, sdet=s, odet=o, pix0=pix0, distance=distance,
                                 close_distance=close, ratio=ratio, Fbeam=Fbeam, Sbeam=Sbeam,
                                 Fclose=Fclose, Sclose=Sclose, beam_vector=beam, stages=stages)
+
+
+#: |beam . detector normal| below this: the beam runs in the detector plane
+MIN_BEAM_NORMAL_COSINE = 1e-12
+#: farther than this (m) the geometry overflows 4-byte floats on the way to the image (NaN)
+MAX_DETECTOR_DISTANCE = 1e15
+
+
+def geometry_problem(geo: DetectorGeometry, curved: bool = False) -> Optional[str]:
+    """Why this detector geometry cannot be rendered (one line), or None.
+
+    The classes refused are those where the image is undefined rather than zero:
+    non-finite vectors; a beam that runs in the detector plane (beam . normal = 0:
+    the C program divides 0 by 0 for the distance and renders NaN); a detector
+    plane through the sample (every pixel edge-on, a pixel at the sample has
+    R = 0); a spot or a detector corner so far away that 4-byte floats overflow.
+    """
+    axes = {"fast": geo.fdet.detach(), "slow": geo.sdet.detach(), "normal": geo.odet.detach()}
+    if all(bool(torch.isfinite(v).all()) for v in axes.values()):
+        for a, b in (("fast", "slow"), ("fast", "normal"), ("slow", "normal")):
+            if to_float(torch.linalg.vector_norm(torch.linalg.cross(axes[a], axes[b]))) < 1e-9:
+                return ("the detector's %s and %s axes are parallel (-fdet_vector, -sdet_vector, "
+                        "-odet_vector): they do not span a detector frame" % (a, b))
+    ratio = abs(to_float(geo.ratio))
+    if ratio < MIN_BEAM_NORMAL_COSINE:
+        return ("the beam runs parallel to the detector plane (beam . detector normal = %.3g after the "
+                "rotations): it never meets the detector; tilt the detector or the beam"
+                % (ratio if ratio > 1e-300 else 0.0))
+    parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]
+    if not all(bool(torch.isfinite(p.detach()).all()) for p in parts):
+        return "the detector geometry is not finite (degenerate detector vectors or rotations)"
+    far_spot = abs(to_float(geo.distance))
+    if far_spot > MAX_DETECTOR_DISTANCE:
+        return ("the direct beam meets the detector plane %g m from the sample: the beam runs "
+                "(nearly) parallel to the detector; tilt it less, or pivot about the sample "
+                "(-pivot sample, -close_distance)" % far_spot)
+    far = to_float(torch.linalg.vector_norm(geo.pix0.detach()))
+    if far > MAX_DETECTOR_DISTANCE:
+        return "the detector's first pixel lies %g m from the sample: too far to render" % far
+    if to_float(geo.close_distance) == 0.0 or (curved and to_float(geo.distance) == 0.0):
+        return "the sample lies in the detector plane (close distance 0): every pixel is edge-on"
+    return None

@@ -443,14 +443,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 _png_gray(img_p, vmax, os.path.join(outdir, "py.png"))
                 summary["png_vmax"] = vmax
             except ImportError:
-                summary["png_note"] = "Pillow is not installed; no PNG previews"
+                summary["png_note"] = PNG_NOTE % "c.png and py.png"
         if opts.save_diff:
             diff = img_p.astype(np.float64) - img_c.astype(np.float64)
             diff.astype("<f4").tofile(os.path.join(outdir, "diff.bin"))
             try:
                 summary["diff_png_scale"] = _png_diff(diff, os.path.join(outdir, "diff.png"), opts.png_scale)
             except ImportError:
-                summary["png_note"] = "Pillow is not installed; no PNG previews"
+                summary["png_note"] = PNG_NOTE % ("diff.png" if opts.no_png else "c.png, py.png and diff.png")
         corr = metrics["correlation"]
         if not (corr >= opts.threshold):
             raise CompareError(EXIT_CORRELATION, f"correlation {corr:.6f} is below the threshold {opts.threshold:g}")
@@ -516,8 +516,14 @@ def _compare_files(opts, err) -> int:
     return code
 
 
+PNG_NOTE = ("Pillow is not installed, so %s were not written (the .bin images and summary.json were); "
+            "pip install 'nanobragg-torch[formats]' adds it")
+
+
 def _report(summary: Dict, code: int, message: str, quiet: bool) -> None:
     out = sys.stdout
+    if summary.get("png_note"):
+        print("nb-compare: note: %s" % summary["png_note"], file=sys.stderr)
     if not quiet:
         rt = summary.get("runtime_s", {})
         if rt:
