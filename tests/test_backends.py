@@ -193,7 +193,7 @@ def test_a_failing_compiler_falls_back(monkeypatch, tmp_path, capsys):
     fused_cpu._reset_for_tests()
     try:
         assert render(_problem()).backend == "torch"
-        assert "compiling the kernel failed" in capsys.readouterr().err
+        assert "compiling the fused CPU kernel failed" in capsys.readouterr().err
         assert not list((tmp_path / "cache").glob("*.so"))        # no half-written library left
     finally:
         monkeypatch.undo()

@@ -43,6 +43,9 @@ NOT_RUN = {
         "reads water.stol, a file of the companion suite beside the repository (tests/test_companions.py runs it)",
     "nice -n 5 .venv/bin/python scripts/fuzz.py": "the extended random run (an hour on 2 cores); the quick one runs",
     "python examples/refine_geometry.py [--noise] [--seed S]": "a usage line ([...] = optional); run plainly below",
+    "python scripts/dials_sweeps.py [--frames 20] [--out dials_sweeps] [--cases centred,offcentre,tilted]":
+        "a usage line ([...] = optional) of three 20-frame DIALS sweeps (tens of minutes); "
+        "tests/test_dials.py indexes a small sweep",
 }
 #: extra commands: what a NOT_RUN entry stands for, run in its place
 INSTEAD = [

@@ -26,7 +26,6 @@ from .._console import is_broken_pipe
 from ..io.formats import (FormatError, check_available, format_from_extension, missing_packages,
                           missing_packages_message)
 from ..io.hkl import InputFileError, write_fdump
-from ..models.beam import divergence_grid
 from .flags import RTD, FlagError
 from .resolve import SetupError
 from .usage import usage_text
@@ -114,6 +113,7 @@ def _print_setup(out, st, prep, res=None):
         p("phi%d = %g" % (i, (xt.phi0 + xt.phistep * i) * RTD))
     src = prep.sources
     if bm.source_xyz is None or len(bm.source_xyz) == 0:
+        from ..models.beam import divergence_grid
         for hdiv, vdiv in divergence_grid(bm):
             p("divergence deviation: %g %g" % (hdiv, vdiv))
         for d in range(bm.dispsteps):
