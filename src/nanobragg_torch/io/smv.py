@@ -72,11 +72,11 @@ def c_cast_unsigned(values, nbits: int) -> np.ndarray:
     """
     v = np.asarray(values, dtype=np.float64)
     ok = (v > -2147483649.0) & (v < 2147483648.0)  # False for NaN
-    # astype truncates toward zero, like trunc
-    ints = (v if ok.all() else np.where(ok, v, 0.0)).astype(np.int64)
-    mask = (1 << nbits) - 1
+    # astype truncates toward zero, like trunc; every value left fits an int32, and the
+    # integer cast to the unsigned type keeps the low bits (modular), as the C's does
+    ints = (v if ok.all() else np.where(ok, v, 0.0)).astype(np.int32)
     dtype = {8: np.uint8, 16: np.uint16}[nbits]
-    return (ints & mask).astype(dtype)
+    return ints.astype(dtype)
 
 
 def native_byte_order() -> str:

@@ -87,11 +87,12 @@ def read_table(path: str, ncols: int, *, min_fields: int, max_fields: Optional[i
     sep[list(WHITESPACE + delimiters)] = True
     nonsep = ~sep[b]                                               # (bytes,)
     newline = b == 10
-    line_of = np.cumsum(newline) - newline                         # 0-based line of every byte
-    nlines = int(newline.sum())
+    newlines = np.flatnonzero(newline)
+    nlines = int(newlines.size)
 
     # comment lines: the first non-separator byte of the line is '#'
     if b"#" in raw:
+        line_of = np.cumsum(newline) - newline                     # 0-based line of every byte
         pos = np.flatnonzero(nonsep)
         lines_at = line_of[pos]
         first = np.ones(pos.size, dtype=bool)
@@ -108,7 +109,7 @@ def read_table(path: str, ncols: int, *, min_fields: int, max_fields: Optional[i
     starts = np.flatnonzero(start)
     ends = np.flatnonzero(end) + 1
     ntok = starts.size
-    tok_line = line_of[starts]
+    tok_line = np.searchsorted(newlines, starts)                   # newlines before a token: its line
     counts = np.bincount(tok_line, minlength=nlines)               # fields of every line
     first_tok = np.cumsum(counts) - counts
     rank = np.arange(ntok) - first_tok[tok_line]                    # field index within its line
