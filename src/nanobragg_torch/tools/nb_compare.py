@@ -462,13 +462,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary["passed"] = code == EXIT_OK
     if message:
         summary["error"] = message
-    try:
-        with open(os.path.join(outdir, "summary.json"), "w") as fh:
-            json.dump(_json_clean(summary), fh, indent=2)
-    except OSError as e:
-        err(f"cannot write summary.json: {e.strerror or e}")
-        if code == EXIT_OK:
-            code = EXIT_IO
+    if not _write_summary(outdir, summary, err):
+        code = code or EXIT_IO
     _report(summary, code, message, opts.quiet)
     return code
 
@@ -504,16 +499,22 @@ def _compare_files(opts, err) -> int:
         code, message = EXIT_IO, f"{e.filename or ''}: {e.strerror or e}"
     summary["exit_code"] = code
     summary["passed"] = code == EXIT_OK
-    if outdir:
-        try:
-            os.makedirs(outdir, exist_ok=True)
-            with open(os.path.join(outdir, "summary.json"), "w") as fh:
-                json.dump(_json_clean(summary), fh, indent=2)
-        except OSError as e:
-            err(f"cannot write summary.json: {e.strerror or e}")
-            code = code or EXIT_IO
+    if outdir and not _write_summary(outdir, summary, err):
+        code = code or EXIT_IO
     _report(summary, code, message, opts.quiet)
     return code
+
+
+def _write_summary(outdir: str, summary: Dict, err) -> bool:
+    """Write ``outdir/summary.json`` (creating the folder); False, with a message, if it cannot."""
+    try:
+        os.makedirs(outdir, exist_ok=True)
+        with open(os.path.join(outdir, "summary.json"), "w") as fh:
+            json.dump(_json_clean(summary), fh, indent=2)
+    except OSError as e:
+        err(f"cannot write summary.json: {e.strerror or e}")
+        return False
+    return True
 
 
 PNG_NOTE = ("Pillow is not installed, so %s were not written (the .bin images and summary.json were); "
