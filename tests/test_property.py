@@ -131,6 +131,8 @@ def legal_args(draw):
         a += ["-roi", str(x0), str(draw(st.integers(x0, nf))), str(y0), str(draw(st.integers(y0, ns)))]
     a += ["-oversample", draw(ints(1, 2)), "-dtype", draw(st.sampled_from(["float32", "float64"]))]
     a += ["-seed", draw(ints(-1000, 1000)), "-mosaic_seed", draw(ints(-1000, 1000))]
+    # auto (the fused kernel where it is built) and the torch reference: both meet every example
+    a += draw(st.sampled_from([[], ["-backend", "torch"]]))
     return a, nf, ns
 
 

@@ -200,9 +200,15 @@ static void NB_FN(render_range)(const nb_params *p, int64_t lo, int64_t hi)
                     }
                     if (want_capture) {
                         for (int j = 0; j < NB_LANES; j++) {
+                            /* as physics.detector_response.capture_fraction: the path through a layer is
+                               thickstep/|cos| from either side (a curved-detector pixel past the plane's
+                               horizon sees the sensor from behind); a grazing ray (cos = 0) is absorbed in
+                               the first layer; a sensor of zero optical depth absorbs nothing */
                             REAL par = dx[j] * c.odet[0] + dy[j] * c.odet[1] + dz[j] * c.odet[2];
-                            double e = (double)c.thickstep * (double)c.mu / (double)par;
-                            capture_e[j] = (REAL)(exp(-(double)t * e) - exp(-(double)(t + 1) * e));
+                            const REAL tm = (REAL)((double)c.thickstep * (double)c.mu);
+                            double e = tm == (REAL)0 ? 0.0 : (double)tm / fabs((double)par);
+                            double front = t == 0 ? 1.0 : exp(-(double)t * e);
+                            capture_e[j] = (REAL)(front - exp(-(double)(t + 1) * e));
                         }
                         if (!over_thick)
                             for (int j = 0; j < NB_LANES; j++) capture_c[j] = capture_e[j];
