@@ -111,3 +111,36 @@ def run_main(prog: str, body: Callable[[List[str]], int], argv: Optional[List[st
         print(f"{prog}: internal error: {type(e).__name__}: {first} (set NB_DEBUG=1 to see the traceback)",
               file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def write_all(writes) -> None:
+    """Each (path, parts) written atomically; parts are bytes or C-contiguous arrays (native byte order)."""
+    from ..io.atomic import atomic_open
+    for path, parts in writes:
+        with atomic_open(path, "wb") as fh:
+            for part in parts:
+                if isinstance(part, np.ndarray):
+                    part = memoryview(np.ascontiguousarray(part, dtype=part.dtype.newbyteorder("="))).cast("B")
+                fh.write(part)
+
+
+class Writer:
+    """:func:`write_all` on a thread (the images that are final, while the noise is drawn);
+    ``join()`` re-raises what it raised."""
+
+    def __init__(self, writes):
+        import threading
+        self.exc = None
+        self.thread = threading.Thread(target=self._run, args=(writes,), daemon=True)
+        self.thread.start()
+
+    def _run(self, writes):
+        try:
+            write_all(writes)
+        except BaseException as e:      # noqa: BLE001 - handed to join()
+            self.exc = e
+
+    def join(self):
+        self.thread.join()
+        if self.exc is not None:
+            raise self.exc

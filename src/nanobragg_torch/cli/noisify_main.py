@@ -19,7 +19,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..cutil import c_atof, c_atoi
-from .companion import apply_rules, check_argv, run_main, usage_lines
+from .companion import Writer, apply_rules, check_argv, run_main, usage_lines, write_all
 from .flags import FlagError, Rule, _has, _has_len
 
 mm = 1e-3
@@ -44,7 +44,7 @@ class NoisifyFlags:
     lambda_: float = 1.0
     psf: Optional[str] = None
     psf_word: Optional[str] = None
-    psf_fwhm: float = 46e-6
+    psf_fwhm: float = 4.600000102072954e-05     # the C's float psf_fwhm = 46e-6
     psf_radius: int = 0
     fluence: float = 125932015286227086360700780544.0
     bits: int = 16
@@ -109,6 +109,15 @@ def _radius(f, v):
     f.psf_radius = int(x) if math.isfinite(x) and abs(x) < 2 ** 31 else 0
 
 
+def _float32(x: float) -> float:
+    """x rounded to a C float (the C keeps -psf_fwhm in a float variable)."""
+    return float(np.float32(x)) if math.isfinite(x) and abs(x) < 3.4e38 else x
+
+
+def _fwhm(f, v):
+    f.psf_fwhm = _float32(c_atof(v[0]) / 1e6)
+
+
 def _neg_seed(attr):
     return lambda f, v: setattr(f, attr, -c_atoi(v[0]))
 
@@ -132,7 +141,7 @@ RULES: List[Rule] = [
     Rule(_has("-pixel"), 1, _set("pixel", mm), ("-pixel",), "f", "pixel size (mm)"),
     Rule(_has_len("-psf", 4), 1, _psf, ("-psf",), "S", "point-spread function: gauss | fiber"),
     Rule(_has("-psf_rad"), 1, _radius, ("-psf_radius",), "i", "PSF rendering radius (pixels, 0 = automatic)"),
-    Rule(_has("-psf_si", "-psf_fw", "-psf_wi"), 1, _set("psf_fwhm", 1e-6), ("-psf_fwhm", "-psf_size", "-psf_width"),
+    Rule(_has("-psf_si", "-psf_fw", "-psf_wi"), 1, _fwhm, ("-psf_fwhm", "-psf_size", "-psf_width"),
          "f", "PSF full width at half maximum (um, default 46)"),
     Rule(_has("-fluence"), 1, _set("fluence"), ("-fluence",), "f", "fluence (photons/m^2) scaling the input"),
     Rule(_has("-floatfile", "-floatimage", "-bin"), 1, _file("floatfilename"), ("-floatfile", "-floatimage", "-bin"),
@@ -323,13 +332,11 @@ def _body(argv: List[str]) -> int:
         raise FlagError(f"-floatfile {path}: cannot read ({e.strerror})") from None
     if not np.all(np.isfinite(image)):
         raise FlagError(f"-floatfile {path}: {int((~np.isfinite(image)).sum())} pixels are NaN or infinite")
-    from ..noisify import NoisifyParams, noisify_c
+    from ..noisify_program import NoisifyParams, noisify_c
     p = NoisifyParams(xpixels=xpixels, ypixels=ypixels, pixel_size=pixel, psf=f.psf, psf_fwhm=f.psf_fwhm,
                       psf_radius=f.psf_radius, scale=f.scale, fluence=f.fluence, gain=f.gain, adc=f.adc,
                       readout=readout, flicker=flicker, calibration=calibration, seed=seed,
                       calib_seed=f.calib_seed, noise=f.noise, bits=f.bits, psf_edges=f.psf_edges)
-    res = noisify_c(image.reshape(ypixels, xpixels), p)
-    from ..io.atomic import atomic_write_bytes
     from ..io.pgm import pgm_header
     from ..io.smv import build_smv_header, native_byte_order
 
@@ -344,20 +351,33 @@ def _body(argv: List[str]) -> int:
                  ("OSC_RANGE", g(f.osc)), ("DETECTOR_SN", "000"), ("BEAMLINE", "fake")]
         return build_smv_header(items)
 
-    def data(a):
-        return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")).tobytes()
+    hdr = header()
+    writer = []
 
-    for line in res.report:
+    def on_ideal(int_adu, pgm):
+        # the noise-free images are final: write them on a thread while the noise is drawn (in C,
+        # without the GIL), as the C writes them before it draws the noise
+        writes = [(f.intfilename, [hdr, int_adu])]
+        if f.write_pgm:
+            writes.append((f.pgmfilename, [pgm_header(xpixels, ypixels, 1.0), pgm]))
+        writer.append(Writer(writes))
+
+    try:
+        res = noisify_c(image.reshape(ypixels, xpixels), p, on_ideal=on_ideal)
+    finally:
+        for w in writer:
+            w.join()
+    for line in res.report[:res.ideal_lines]:
         say(line)
     say(f"writing {f.intfilename} as {pixels} {2 if f.bits == 16 else 4}-byte integers")
-    atomic_write_bytes(f.intfilename, header() + data(res.int_adu))
     if f.write_pgm:
         say(f"writing {f.pgmfilename} as 1-byte integers")
-        atomic_write_bytes(f.pgmfilename, pgm_header(xpixels, ypixels, 1.0) + data(res.pgm))
+    for line in res.report[res.ideal_lines:]:
+        say(line)
     if not f.noise:
         return 0
     say(f"writing {f.noisefilename} as {2 if f.bits == 16 else 4}-byte integers")
-    atomic_write_bytes(f.noisefilename, header() + data(res.noise_adu))
+    write_all([(f.noisefilename, [hdr, res.noise_adu])])
     return 0
 
 

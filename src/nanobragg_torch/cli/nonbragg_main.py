@@ -23,7 +23,7 @@ import numpy as np
 
 from ..cutil import c_atof
 from . import flags as F
-from .companion import apply_rules, check_argv, run_main, usage_lines
+from .companion import Writer, apply_rules, check_argv, run_main, usage_lines, write_all
 from .flags import FlagError, RawFlags, Rule, _has, _has_len
 
 mm = 1e-3
@@ -331,7 +331,6 @@ def _body(argv: List[str]) -> int:
         print(usage_text(), file=out)
     m = build(f, say)
     import torch
-    from ..io.atomic import atomic_write_bytes
     from ..io.pgm import pgm_header
     from ..models.amorphous import amorphous_image
     seed = f.seed if f.seed is not None else -int(time.time())
@@ -371,22 +370,30 @@ def _body(argv: List[str]) -> int:
     say("intfile_scale = %s" % _g(iscale))
     say("pgm_scale = %s" % _g(pscale))
     header = _header(f, geo, m["fpixels"], m["spixels"], m["osc"])
+    # the float, SMV and PGM images are final: write them (each atomically) on a thread while
+    # the noise image (one serial random stream, in C without the GIL) is drawn
+    writes = [(f.floatfilename, [fimg]), (f.intfilename, [header, intimg])]
+    if f.write_pgm:
+        writes.append((f.pgmfilename, [pgm_header(Fp, S, pscale), pgm]))
+    writer = Writer(writes) if f.calculate_noise else None
+    say("writing %s as 2-byte integers" % f.intfilename)
+    if f.write_pgm:
+        say("writing %s as 1-byte integers" % f.pgmfilename)
     noise = None
     if f.calculate_noise:
         from ..rng import CRandom, SeedStream
-        noise, photons, overloads = CRandom().noise_image(fimg, SeedStream(seed),
-                                                          roi=(roi[0], roi[1], roi[2], roi[3]), adc=f.adc_offset)
+        try:
+            noise, photons, overloads = CRandom().noise_image(fimg, SeedStream(seed),
+                                                              roi=(roi[0], roi[1], roi[2], roi[3]),
+                                                              adc=f.adc_offset)
+        finally:
+            writer.join()
         say("%.0f photons on noise image (%d overloads)" % (photons, overloads))
-    # all images are ready: write them (each atomically)
-    atomic_write_bytes(f.floatfilename, np.ascontiguousarray(fimg, dtype="=f4").tobytes())
-    say("writing %s as 2-byte integers" % f.intfilename)
-    atomic_write_bytes(f.intfilename, header + np.ascontiguousarray(intimg, dtype="=u2").tobytes())
-    if f.write_pgm:
-        say("writing %s as 1-byte integers" % f.pgmfilename)
-        atomic_write_bytes(f.pgmfilename, pgm_header(Fp, S, pscale) + pgm.tobytes())
+    else:
+        write_all(writes)
     if noise is not None:
         say("writing %s as 2-byte integers" % f.noisefilename)
-        atomic_write_bytes(f.noisefilename, header + np.ascontiguousarray(noise, dtype="=u2").tobytes())
+        write_all([(f.noisefilename, [header, noise])])
     return 0
 
 

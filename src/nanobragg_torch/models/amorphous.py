@@ -224,10 +224,11 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     detector and beam (geometry, wavelength, fluence, polarization).
 
     ``backend``: "torch" (the reference and gradient path, any device and
-    dtype), "numba" (the fused CPU kernel of
-    :mod:`nanobragg_torch.physics.amorphous_kernel`: double precision, no
-    autograd, returns float32) or "auto" (numba on the CPU when nothing
-    requires grad).
+    dtype), "c" or "numba" (the fused CPU kernel of
+    :mod:`nanobragg_torch.physics.amorphous_kernel`, built in C or with numba:
+    double precision, no autograd, returns float32) or "auto" (the fused
+    kernel on the CPU when nothing requires grad: C when it can be built,
+    else numba).
     """
     dev = device if device is not None else detector.device
     cfg = detector.settings
@@ -250,9 +251,9 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     table = sample.table
     if backend == "auto":
         leaves = [geo.pix0, geo.fdet, src.wavelength, kahn, fluence, as_tensor(sample.molecules(), dtype, dev)]
-        backend = "numba" if (torch.device(dev).type == "cpu" and not any(t.requires_grad for t in leaves)) \
+        backend = "fused" if (torch.device(dev).type == "cpu" and not any(t.requires_grad for t in leaves)) \
             else "torch"
-    if backend == "numba":
+    if backend in ("numba", "c", "fused"):
         from ..physics import amorphous_kernel
         npy = lambda t: t.detach().to("cpu", torch.float64).numpy()
         roi4 = tuple(roi) if roi is not None else (0, F - 1, 0, S - 1)
@@ -260,10 +261,10 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
             S, F, O, dict(pix0=npy(geo.pix0), fdet=npy(geo.fdet), sdet=npy(geo.sdet), beam=npy(geo.beam_vector),
                           distance=float(geo.distance), close=float(geo.close_distance)),
             float(px), cfg.curved, cfg.point_pixel, npy(inc), npy(lam_A), npy(w), float(kahn), npy(polar_axis),
-            beam.nopolar, table, float(scale), roi4, fmap)
+            beam.nopolar, table, float(scale), roi4, fmap, impl="auto" if backend == "fused" else backend)
         return torch.from_numpy(img)
     if backend != "torch":
-        raise ValueError(f"backend must be 'torch', 'numba' or 'auto', got {backend!r}")
+        raise ValueError(f"backend must be 'torch', 'c', 'numba' or 'auto', got {backend!r}")
     ar = torch.arange(O, dtype=dtype, device=dev)
     fcoord = (sub * (torch.arange(F, dtype=dtype, device=dev)[:, None] * O + ar) + sub / 2.0).reshape(-1)  # (F*O,)
     if rows_per_chunk is None:

@@ -3,8 +3,11 @@
 The same contract as :func:`nanobragg_torch.models.amorphous.amorphous_image`
 (the torch reference and gradient path): one pass per pixel over sub-pixels
 and sources in double precision, with the table's per-interval cubics, the
-polarization factor and the solid angle, compiled with numba (``parallel``
-over detector rows) when numba is importable.  No autograd: the CLI uses it
+polarization factor and the solid angle.  Two builds of the same body:
+``backends/camorphous.c`` (C, rows on threads; built once per machine into the
+kernel cache, see :mod:`nanobragg_torch.backends.cbuild`) and the function
+below compiled with numba (``parallel`` over detector rows) when the C kernel
+cannot be built; plain Python without either.  No autograd: the CLI uses it
 when nothing requires a gradient; tests check it against the torch path.
 """
 from __future__ import annotations
@@ -126,9 +129,32 @@ def kernel():
         return _JIT
 
 
+IMPLS = ("auto", "c", "numba")
+
+
+def _c_lib(impl: str):
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "numba":
+        return None
+    from ..backends import camorphous
+    lib = camorphous.load()
+    if lib is None and impl == "c":
+        raise RuntimeError(f"the C amorphous kernel is not available: {camorphous.error()}")
+    return lib
+
+
 def render(S, F, O, geo, px, curved, point_pixel, inc, lam_A, w, kahn, pol_axis, nopolar, table,
-           scale, roi, fmap) -> np.ndarray:
-    """float32 image (S, F); all vector inputs numpy float64."""
+           scale, roi, fmap, impl: str = "auto") -> np.ndarray:
+    """float32 image (S, F); all vector inputs numpy float64.
+
+    ``impl``: "c" (backends/camorphous.c), "numba" (this module's kernel) or "auto"
+    (C when it can be built, else numba)."""
+    lib = _c_lib(impl)
+    if lib is not None:
+        from ..backends import camorphous
+        return camorphous.render(lib, S, F, O, geo, px, curved, point_pixel, inc, lam_A, w, kahn, pol_axis,
+                                 nopolar, table, scale, roi, fmap)
     out = np.zeros((S, F), dtype=np.float32)
     f64 = lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float64))
     kernel()(int(S), int(F), int(O), f64(geo["pix0"]), f64(geo["fdet"]), f64(geo["sdet"]), f64(geo["beam"]),
@@ -191,9 +217,17 @@ def _outputs_k(img, x0, x1, y0, y1, iscale_in, adc, pscale_in, intimg, pgm, stat
 _OUT = None
 
 
-def image_outputs(img: np.ndarray, roi, intfile_scale: float, adc: float, pgm_scale: float):
+def image_outputs(img: np.ndarray, roi, intfile_scale: float, adc: float, pgm_scale: float,
+                  impl: str = "auto"):
     """(max_I, mean, rms, rmsd, intfile_scale, pgm_scale, SMV uint16 image, PGM uint8 image)."""
     global _OUT
+    lib = _c_lib(impl)
+    S, F = img.shape
+    x0, x1 = max(int(roi[0]), 0), min(int(roi[1]), F - 1)
+    y0, y1 = max(int(roi[2]), 0), min(int(roi[3]), S - 1)
+    if lib is not None:
+        from ..backends import camorphous
+        return camorphous.outputs(lib, img, x0, x1, y0, y1, intfile_scale, adc, pgm_scale)
     with _LOCK:
         if _OUT is None:
             try:
@@ -201,9 +235,6 @@ def image_outputs(img: np.ndarray, roi, intfile_scale: float, adc: float, pgm_sc
                 _OUT = numba.njit(cache=True, error_model="numpy")(_outputs_k)
             except Exception:  # pragma: no cover
                 _OUT = _outputs_k
-    S, F = img.shape
-    x0, x1 = max(int(roi[0]), 0), min(int(roi[1]), F - 1)
-    y0, y1 = max(int(roi[2]), 0), min(int(roi[3]), S - 1)
     intimg = np.zeros((S, F), np.uint16)
     pgm = np.zeros((S, F), np.uint8)
     stats = np.zeros(6)

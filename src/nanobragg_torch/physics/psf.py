@@ -21,8 +21,8 @@ import math
 import torch
 import torch.nn.functional as nnf
 
-#: fwhm -> g of the fibre PSF: fwhm = sqrt(2^(2/3) - 1) * ... (the C's constant)
-FIBER_G_PER_FWHM = 0.652383013252053
+from .psf_common import FIBER_G_PER_FWHM, auto_radius  # noqa: F401  (torch-free; re-exported)
+
 _LOG16 = math.log(16.0)
 _LOG2 = math.log(2.0)
 
@@ -83,23 +83,6 @@ def lost_fraction(psf: str, fwhm_pixels, radius):
         return torch.exp(-_LOG16 * (radius / w) ** 2)
     g = w * FIBER_G_PER_FWHM
     return g / torch.sqrt(g * g + radius * radius)
-
-
-def auto_radius(psf: str, fwhm_pixels: float, max_photons: float, photonloss_factor: float = 10.0) -> int:
-    """The C's automatic kernel radius for a brightest pixel of ``max_photons``.
-
-    The radius beyond which the photons lost from that pixel drop below its
-    shot noise / ``photonloss_factor``.  Floats in, an int out (not differentiable).
-    """
-    if max_photons <= 0:
-        return 1
-    lost = math.sqrt(max_photons) / photonloss_factor
-    if psf == "gauss":
-        arg = -math.log(lost / max_photons) / math.log(4.0) / 2.0
-        r = 1 + math.ceil(math.sqrt(arg) * fwhm_pixels) if arg >= 0 else 1
-    else:
-        r = 1 + math.ceil(fwhm_pixels * FIBER_G_PER_FWHM * (max_photons / lost))
-    return max(int(r), 1)
 
 
 def convolve(image: torch.Tensor, kernel: torch.Tensor, method: str = "auto") -> torch.Tensor:

@@ -1,0 +1,193 @@
+/* nonBragg's amorphous-scattering sum and its image outputs, as a small C library (see
+ * camorphous.py).  A twin of the numba kernels in physics/amorphous_kernel.py (_render_k,
+ * _outputs_k): one pass per pixel over sub-pixels and sources in double precision, the
+ * table's per-interval cubics, the polarization factor and the solid angle; rows of the
+ * image on several threads.  Built without fast-math or FMA contraction, so each pixel's
+ * arithmetic is the numba kernel's, operation for operation.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+int nb_amorphous_abi(void) { return 1; }
+
+typedef struct {
+    int64_t S, F, O, nsrc, nk;
+    int32_t curved, point_pixel, nopolar, fmap;
+    int64_t roi[4];                 /* xmin, xmax, ymin, ymax (inclusive) */
+    double pix0[3], fdet[3], sdet[3], beam[3];
+    double distance, close, px, kahn, scale;
+    double pol_axis[3];
+    const double *inc;              /* (nsrc, 3) */
+    const double *lam;              /* (nsrc,) Angstrom */
+    const double *w;                /* (nsrc,) */
+    const double *knots;            /* (nk,) */
+    const double *coef;             /* (nk + 1, 4) */
+    const double *org;              /* (nk + 1,) */
+    float *out;                     /* (S, F) */
+} nb_amorphous_params;
+
+typedef struct {
+    const nb_amorphous_params *p;
+    _Atomic int64_t next;
+} job_t;
+
+static void render_row(const nb_amorphous_params *p, int64_t s)
+{
+    const int64_t F = p->F, O = p->O, nk = p->nk, nsrc = p->nsrc;
+    const double sub = p->px / (double)O;
+    const double px2close = p->px * p->px * p->close;
+    const double *fdet = p->fdet, *sdet = p->sdet, *pix0 = p->pix0, *beam = p->beam;
+    int64_t lo = 0;
+    for (int64_t f = 0; f < F; ++f) {
+        if (f < p->roi[0] || f > p->roi[1] || s < p->roi[2] || s > p->roi[3]) {
+            p->out[s * F + f] = 0.0f;
+            continue;
+        }
+        double Ibg = 0.0, Fbg = 0.0;
+        for (int64_t subS = 0; subS < O; ++subS) {
+            for (int64_t subF = 0; subF < O; ++subF) {
+                double Fdet = sub * (double)(f * O + subF) + sub / 2.0;
+                double Sdet = sub * (double)(s * O + subS) + sub / 2.0;
+                double x = Fdet * fdet[0] + Sdet * sdet[0] + pix0[0];
+                double y = Fdet * fdet[1] + Sdet * sdet[1] + pix0[1];
+                double z = Fdet * fdet[2] + Sdet * sdet[2] + pix0[2];
+                if (p->curved) {
+                    double vx = p->distance * beam[0], vy = p->distance * beam[1], vz = p->distance * beam[2];
+                    for (int step = 0; step < 2; ++step) {
+                        double ax, ay, az, phi;
+                        if (step == 0) {
+                            ax = sdet[0]; ay = sdet[1]; az = sdet[2]; phi = y / p->distance;
+                        } else {
+                            ax = fdet[0]; ay = fdet[1]; az = fdet[2]; phi = z / p->distance;
+                        }
+                        double sn = sin(phi), cs = cos(phi);
+                        double dot = (ax * vx + ay * vy + az * vz) * (1.0 - cs);
+                        double nx = ax * dot + vx * cs + (-az * vy + ay * vz) * sn;
+                        double ny = ay * dot + vy * cs + (az * vx - ax * vz) * sn;
+                        double nz = az * dot + vz * cs + (-ay * vx + ax * vy) * sn;
+                        vx = nx; vy = ny; vz = nz;
+                    }
+                    x = vx; y = vy; z = vz;
+                }
+                double air = sqrt(x * x + y * y + z * z);
+                double inv = 1.0 / air;
+                double dx = x * inv, dy = y * inv, dz = z * inv;
+                double omega = p->point_pixel ? inv * inv : px2close * inv * inv * inv;
+                for (int64_t n = 0; n < nsrc; ++n) {
+                    double ix = p->inc[3 * n], iy = p->inc[3 * n + 1], iz = p->inc[3 * n + 2];
+                    double qx = dx - ix, qy = dy - iy, qz = dz - iz;
+                    double stol = (0.5 / p->lam[n]) * sqrt(qx * qx + qy * qy + qz * qz);
+                    /* the number of knots <= stol is the interval, walked from the last one */
+                    while (lo < nk && p->knots[lo] <= stol) ++lo;
+                    while (lo > 0 && p->knots[lo - 1] > stol) --lo;
+                    const double *c = p->coef + 4 * lo;
+                    double t = stol - p->org[lo];
+                    Fbg = ((c[3] * t + c[2]) * t + c[1]) * t + c[0];
+                    double sign = Fbg < 0.0 ? -1.0 : 1.0;
+                    double polar;
+                    if (p->nopolar) {
+                        polar = 1.0;
+                    } else {
+                        double c2t = ix * dx + iy * dy + iz * dz;
+                        double c2s = c2t * c2t;
+                        double s2s = 1.0 - c2s;
+                        if (p->kahn != 0.0) {
+                            const double *a = p->pol_axis;
+                            double bx = a[1] * iz - a[2] * iy;
+                            double by = a[2] * ix - a[0] * iz;
+                            double bz = a[0] * iy - a[1] * ix;
+                            double bn = sqrt(bx * bx + by * by + bz * bz);
+                            bx = bx / bn; by = by / bn; bz = bz / bn;
+                            double ex = iy * bz - iz * by;
+                            double ey = iz * bx - ix * bz;
+                            double ez = ix * by - iy * bx;
+                            double en = sqrt(ex * ex + ey * ey + ez * ez);
+                            ex = ex / en; ey = ey / en; ez = ez / en;
+                            double psi = -atan2(dx * bx + dy * by + dz * bz, dx * ex + dy * ey + dz * ez);
+                            polar = 0.5 * (1.0 + c2s - p->kahn * cos(2 * psi) * s2s);
+                        } else {
+                            polar = 0.5 * (1.0 + c2s);
+                        }
+                    }
+                    Ibg += sign * Fbg * Fbg * polar * omega * p->w[n];
+                }
+            }
+        }
+        p->out[s * F + f] = p->fmap ? (float)Fbg : (float)(Ibg * p->scale);
+    }
+}
+
+static void *worker(void *arg)
+{
+    job_t *j = (job_t *)arg;
+    for (;;) {
+        int64_t s = atomic_fetch_add(&j->next, 1);
+        if (s >= j->p->S) break;
+        render_row(j->p, s);
+    }
+    return NULL;
+}
+
+/* the image (S, F) float32 into p->out, rows over nthreads threads */
+int nb_amorphous_render(const nb_amorphous_params *p, int nthreads)
+{
+    pthread_t th[64];
+    int started = 0;
+    job_t j;
+    j.p = p;
+    atomic_init(&j.next, 0);
+    if (nthreads > 64) nthreads = 64;
+    for (int t = 1; t < nthreads; ++t)
+        if (pthread_create(&th[started], NULL, worker, &j) == 0) ++started;
+    worker(&j);
+    for (int t = 0; t < started; ++t) pthread_join(th[t], NULL);
+    return 0;
+}
+
+/* nonBragg's statistics, SMV scaling and PGM of a float image over the ROI (x0..x1, y0..y1),
+ * in the C's three passes; stats = max_I, mean, rms, rmsd, intfile_scale, pgm_scale */
+void nb_amorphous_outputs(const float *img, int64_t S, int64_t F, int64_t x0, int64_t x1, int64_t y0, int64_t y1,
+                          double iscale_in, double adc, double pscale_in, uint16_t *intimg, uint8_t *pgm,
+                          double *stats)
+{
+    int64_t n = 0;
+    double total = 0.0, sumsq = 0.0, max_I = 0.0;
+    (void)S;
+    for (int64_t s = y0; s <= y1; ++s)
+        for (int64_t f = x0; f <= x1; ++f) {
+            double v = (double)img[s * F + f];
+            ++n;
+            total += v;
+            sumsq += v * v;
+            if (v > max_I) max_I = v;
+        }
+    int64_t nn = n > 0 ? n : 1;
+    double avg = total / (double)nn;
+    double rms = sqrt(sumsq / (double)(nn > 1 ? nn - 1 : 1));
+    double dev = 0.0;
+    for (int64_t s = y0; s <= y1; ++s)
+        for (int64_t f = x0; f <= x1; ++f) {
+            double t = (double)img[s * F + f] - avg;
+            dev += t * t;
+        }
+    double rmsd = sqrt(dev / (double)(nn > 1 ? nn - 1 : 1));
+    double iscale = iscale_in;
+    if (iscale <= 0.0) iscale = max_I > 0.0 ? 55000.0 / max_I : 1.0;
+    double pscale = pscale_in;
+    if (pscale <= 0.0) pscale = rmsd > 0.0 ? 250.0 / (5.0 * rmsd) : iscale;
+    for (int64_t s = y0; s <= y1; ++s)
+        for (int64_t f = x0; f <= x1; ++f) {
+            double v = (double)img[s * F + f];
+            double t = v * iscale + adc;
+            if (t > 65535.0) t = 65535.0;
+            if (t < 0.0) t = 0.0;
+            intimg[s * F + f] = (uint16_t)floor((double)(float)(t + 0.5));
+            double q = v * pscale;
+            if (q > 255.0) q = 255.0;
+            pgm[s * F + f] = (q > -2147483649.0 && q < 2147483648.0) ? (uint8_t)((int64_t)q & 0xFF) : 0;
+        }
+    stats[0] = max_I; stats[1] = avg; stats[2] = rms; stats[3] = rmsd; stats[4] = iscale; stats[5] = pscale;
+}
