@@ -1,0 +1,160 @@
+"""The companions' C kernels (backends/cnoise.c, backends/camorphous.c) against their numba /
+plain-Python twins: the same images bit for bit, and the command lines' imports."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nanobragg_torch.backends import camorphous, cnoise
+
+needs_c = pytest.mark.skipif(cnoise.load() is None or camorphous.load() is None,
+                             reason="no C compiler: the kernels fall back to numba")
+
+
+def _image(S=37, F=29, seed=3):
+    """Photon counts over every branch of poidev: zeros, < 12, 12 .. 1e6, > 1e6."""
+    r = np.random.default_rng(seed)
+    img = np.exp(r.uniform(-3, 15, size=(S, F))).astype(np.float32)
+    img[r.uniform(size=(S, F)) < 0.1] = 0.0
+    img[0, :5] = [0.5, 3.0, 11.99, 12.0, 2e6]
+    img[1, :4] = [5.0, 5.0, 5e4, 5e4]            # repeated means (poidev's cached set-up)
+    return img
+
+
+@needs_c
+@pytest.mark.parametrize("roi", [None, (3, 20, 2, 30)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_cnoise_noise_image_matches_numba_kernel(roi, nthreads):
+    from nanobragg_torch import rng
+    img = _image()
+    S, F = img.shape
+    x0, x1, y0, y1 = roi if roi else (0, F - 1, 0, S - 1)
+    outs = []
+    for use_c in (True, False):
+        st = rng.CRandom()
+        seed = np.array([-7], dtype=np.int64)
+        out = np.zeros((S, F), np.uint16)
+        if use_c:
+            got = cnoise.noise(cnoise.load(), img, x0, x1, y0, y1, 40.0, st._ist, st._fst, seed, out,
+                               nthreads=nthreads)
+        else:
+            rng.enable_jit()
+            got = rng._noise_k(img, x0, x1, y0, y1, 40.0, st._ist, st._fst, seed, out)
+        outs.append((out, float(got[0]), int(got[1]), st._ist.copy(), st._fst.copy(), int(seed[0])))
+    (a, *ra), (b, *rb) = outs
+    assert np.array_equal(a, b)
+    assert ra[0] == rb[0] and ra[1] == rb[1] and ra[4] == rb[4]
+    assert np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3])   # the generator's state after
+
+
+_CASES = [
+    dict(),
+    dict(flicker=0.05, calibration=0.04, readout=3.0, gain=2.0, adc=10.0),
+    dict(calibration=0.0, psf="gauss", psf_fwhm=150e-6),
+    dict(psf="gauss", psf_fwhm=150e-6, psf_edges="clip", bits=32),
+    dict(psf="fiber", psf_fwhm=120e-6, psf_radius=4),
+    dict(psf="fiber", psf_fwhm=80e-6, noise=False),
+    dict(psf="gauss", psf_fwhm=300e-6, psf_radius=3, scale=1e-3),
+    dict(scale=1e3, bits=32, readout=1.0),
+]
+
+
+@needs_c
+@pytest.mark.parametrize("kw", _CASES)
+def test_noisify_c_kernels_match_numba_kernels(kw):
+    from nanobragg_torch.noisify_program import NoisifyParams, noisify_c
+    img = _image()
+    S, F = img.shape
+    p = NoisifyParams(xpixels=F, ypixels=S, pixel_size=0.1e-3, seed=-11, **kw)
+    a = noisify_c(img, p, impl="c")
+    b = noisify_c(img, p, impl="numba")
+    assert np.array_equal(a.photons, b.photons)
+    assert np.array_equal(a.int_adu, b.int_adu) and a.int_adu.dtype == b.int_adu.dtype
+    assert np.array_equal(a.pgm, b.pgm)
+    if p.noise:
+        assert np.array_equal(a.noise_adu, b.noise_adu) and a.noise_adu.dtype == b.noise_adu.dtype
+    # the printed statistics; the lost-photon total is summed in pixel order in C, pairwise in numpy
+    strip = lambda r: [x for x in r if not x.startswith("adding back")]      # noqa: E731
+    assert strip(a.report) == strip(b.report)
+
+
+@needs_c
+def test_psf_kernel_in_c_matches_torch_kernel():
+    import torch
+    from nanobragg_torch.physics import psf
+    lib = cnoise.load()
+    for kind, fwhm, r in (("gauss", 1.5, 3), ("gauss", 0.4, 5), ("fiber", 2.0, 6)):
+        c = cnoise.psf_kernel(lib, kind == "gauss", fwhm, fwhm * psf.FIBER_G_PER_FWHM, r)
+        t = psf.psf_kernel(kind, torch.tensor(fwhm, dtype=torch.float64), r).numpy().reshape(-1)
+        assert np.allclose(c, t, rtol=1e-12, atol=1e-16)
+
+
+@needs_c
+def test_amorphous_c_kernel_matches_numba_and_torch():
+    import torch
+    from nanobragg_torch.config import BeamConfig, DetectorConfig
+    from nanobragg_torch.models import Beam, Detector
+    from nanobragg_torch.models.amorphous import AmorphousSample, StolTable, amorphous_image
+    tab = StolTable([0.0, 0.1, 0.2, 0.3, 0.5, 1.0], [2.57, 2.0, -1.8, 2.2, 1.5, 1.0])
+    for curved, fmap, pol in ((True, False, 0.7), (False, True, 0.0), (False, False, 0.0)):
+        det = Detector(DetectorConfig(fpixels=9, spixels=7, pixel_size=2e-3, convention="custom", pivot="sample",
+                                      Fbeam=4e-3, Sbeam=5e-3, Fclose=4e-3, Sclose=5e-3, twotheta=0.3,
+                                      detector_rotx=0.1, curved=curved), distance=0.03)
+        beam = Beam(BeamConfig(fluence=1e22, polarization=pol, hdivrange=1e-3, hdivstep=5e-4, hdivsteps=3,
+                               dispersion=0.02, dispstep=0.01, dispsteps=3))
+        sample = AmorphousSample(tab, thickness=1e-4)
+        kw = dict(oversample=2, fmap=fmap, roi=(1, 7, 0, 5))
+        c = amorphous_image(sample, det, beam, backend="c", **kw).numpy()
+        n = amorphous_image(sample, det, beam, backend="numba", **kw).numpy()
+        t = amorphous_image(sample, det, beam, backend="torch", **kw).to(torch.float32).numpy()
+        assert np.array_equal(c, n)
+        assert np.allclose(c, t, rtol=1e-6, atol=0)
+        assert amorphous_image(sample, det, beam, backend="auto", **kw).numpy().tobytes() == c.tobytes()
+
+
+@needs_c
+def test_amorphous_outputs_c_matches_numba():
+    from nanobragg_torch.physics import amorphous_kernel as ak
+    img = _image(S=23, F=31) / 100
+    for roi, iscale, pscale in (((0, 30, 0, 22), 0.0, 0.0), ((2, 25, 3, 19), 3.0, 0.5), ((5, 4, 0, 22), 0.0, 0.0)):
+        a = ak.image_outputs(img, roi, iscale, 40.0, pscale, impl="c")
+        b = ak.image_outputs(img, roi, iscale, 40.0, pscale, impl="numba")
+        assert a[:6] == b[:6]
+        assert np.array_equal(a[6], b[6]) and np.array_equal(a[7], b[7])
+
+
+def _run(code, env_extra=None, cwd=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_noisify_command_imports_neither_torch_nor_numba(tmp_path):
+    img = _image(S=16, F=16)
+    img.tofile(tmp_path / "in.bin")
+    code = ("import sys\nfrom nanobragg_torch.cli import noisify_main\n"
+            "rc = noisify_main.main(['-floatfile', 'in.bin', '-detpixels', '16', '-psf', 'gauss', '-seed', '3'])\n"
+            "assert rc == 0, rc\n"
+            "print(sorted(m for m in ('torch', 'numba', 'scipy') if m in sys.modules))\n")
+    p = _run(code, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    want = "['numba', 'torch']" if cnoise.load() is None else "[]"
+    assert p.stdout.strip().splitlines()[-1] == want
+
+
+def test_noisify_without_the_c_kernel_gives_the_same_files(tmp_path):
+    img = _image(S=20, F=24)
+    img.tofile(tmp_path / "in.bin")
+    args = ["-floatfile", "in.bin", "-detpixels_x", "24", "-detpixels_y", "20", "-psf", "fiber", "-psf_fwhm", "90",
+            "-flicker", "0.02", "-seed", "5"]
+    outs = {}
+    for tag, env in (("c", {}), ("fallback", {"NANOBRAGG_TORCH_NO_CNOISE": "1"})):
+        names = [f"-intfile", f"{tag}.img", "-noisefile", f"{tag}_noise.img", "-pgmfile", f"{tag}.pgm"]
+        code = f"from nanobragg_torch.cli import noisify_main; raise SystemExit(noisify_main.main({args + names!r}))"
+        p = _run(code, env, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        outs[tag] = [(tmp_path / n).read_bytes() for n in names[1::2]]
+    assert outs["c"] == outs["fallback"]
