@@ -148,10 +148,12 @@ static inline void poidev_setup(double xm, float *pre)
     pre[2] = (float)(f32(xm * alxm) - gammln(f32(xm + 1.0)));
 }
 
-/* poidev with an optional precomputed set-up (pre, or NULL) and gammln table (lgt, or NULL) */
+/* poidev with an optional precomputed set-up (pre, or NULL) and gammln table (lgt, or NULL).
+ * The float-typed arithmetic below is the C's float arithmetic (rng.py evaluates it in double
+ * and rounds each result to float, which gives the same floats). */
 static double poidev_x(double xm_in, int64_t *ist, double *fst, int64_t *seed, const float *pre, float *lgt)
 {
-    double xm = f32(xm_in), em, t, g, y, sq, alxm, lnratio;
+    double xm = f32(xm_in);
     if (xm > 1.0e6)
         return f32(xm + sqrt(xm) * gaussdev(ist, fst, seed));
     if (xm < 12.0) {
@@ -159,12 +161,11 @@ static double poidev_x(double xm_in, int64_t *ist, double *fst, int64_t *seed, c
             fst[F_OLDM] = xm;
             fst[F_G] = pre ? (double)pre[2] : f32(exp(-xm));
         }
-        g = fst[F_G];
-        em = -1.0;
-        t = 1.0;
+        float g = (float)fst[F_G], t = 1.0f;
+        double em = -1.0;
         do {
             em += 1.0;
-            t = f32(t * ran1(ist, seed));
+            t = t * (float)ran1(ist, seed);
         } while (t > g);
         return em;
     }
@@ -180,19 +181,18 @@ static double poidev_x(double xm_in, int64_t *ist, double *fst, int64_t *seed, c
             fst[F_G] = f32(f32(xm * fst[F_ALXM]) - gammln(f32(xm + 1.0)));
         }
     }
-    sq = fst[F_SQ];
-    alxm = fst[F_ALXM];
-    g = fst[F_G];
+    const float sq = (float)fst[F_SQ], alxm = (float)fst[F_ALXM], g = (float)fst[F_G], xmf = (float)xm;
+    float em, y, t, lnratio;
     do {
         do {
-            y = f32(tan(PI * ran1(ist, seed)));
-            em = f32(f32(sq * y) + xm);
-        } while (em < 0.0);
-        em = floor(em);
-        lnratio = f32(f32(f32(em * alxm) - gammln_em1(em, lgt)) - g);
-        t = f32(0.9 * (1.0 + f32(y * y)) * exp(lnratio));
-    } while (ran1(ist, seed) > t);
-    return em;
+            y = (float)tan(PI * ran1(ist, seed));
+            em = sq * y + xmf;
+        } while (em < 0.0f);
+        em = floorf(em);
+        lnratio = (em * alxm - (float)gammln_em1((double)em, lgt)) - g;
+        t = (float)(0.9 * (1.0 + (double)(y * y)) * exp((double)lnratio));
+    } while ((float)ran1(ist, seed) > t);
+    return (double)em;
 }
 
 /* ---- a helper thread that computes poidev's set-up ahead of the serial stream ---------- */
