@@ -21,7 +21,8 @@ from . import cbuild
 from .cnoise import threads
 
 _SOURCES = ("camorphous.c",)
-FLAGS = ("-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-pthread")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
+         "-pthread")
 ABI_VERSION = 1
 
 _lock = threading.Lock()
