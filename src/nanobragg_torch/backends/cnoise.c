@@ -108,29 +108,43 @@ static double gaussdev(int64_t *ist, double *fst, int64_t *seed)
     return fst[F_GSET];
 }
 
-/* gammln(em + 1) for integer em in [0, LGT_SIZE): float results, NaN until filled */
-#define LGT_SIZE (1 << 21)
+/* gammln(em + 1) for integer em in [0, size): the values the rejection loop meets most, filled
+ * ahead (the range of the means plus ten standard deviations, so the table stays in cache);
+ * other em are computed */
+typedef struct {
+    float *v;
+    int64_t size;
+} lg_table;
 
-static float *lgt_new(void)
+#define LGT_MAX (1 << 21)
+
+static void lgt_init(lg_table *t, double max_mean)
 {
-    float *t = (float *)malloc(sizeof(float) * LGT_SIZE);
-    if (t) memset(t, 0xFF, sizeof(float) * LGT_SIZE);      /* all bits set: a NaN */
-    return t;
+    t->v = NULL;
+    t->size = 0;
+    if (!(max_mean >= 12.0)) return;                  /* no rejection branch (or NaN) */
+    double top = max_mean > 1.0e6 ? 1.0e6 : max_mean;
+    top += 10.0 * sqrt(2.0 * top) + 64.0;
+    int64_t n = top < (double)LGT_MAX ? (int64_t)top : LGT_MAX;
+    t->v = (float *)malloc(sizeof(float) * (size_t)n);
+    if (!t->v) return;
+    for (int64_t k = 0; k < n; ++k) t->v[k] = (float)gammln(f32((double)k + 1.0));
+    t->size = n;
 }
 
-static inline double gammln_em1(double em, float *lgt)
+static inline double gammln_em1(double em, const lg_table *t)
 {
     /* em: a non-negative integer value (floor of a float) */
-    if (lgt && em < (double)LGT_SIZE) {
-        int64_t k = (int64_t)em;
-        float v = lgt[k];
-        if (v != v) {
-            v = (float)gammln(f32(em + 1.0));
-            lgt[k] = v;
-        }
-        return (double)v;
-    }
+    if (em < (double)t->size) return (double)t->v[(int64_t)em];
     return gammln(f32(em + 1.0));
+}
+
+static double max_of(const float *a, int64_t n)
+{
+    float m = 0.0f;
+    for (int64_t i = 0; i < n; ++i)
+        if (a[i] > m) m = a[i];
+    return (double)m;
 }
 
 /* poidev's set-up for a mean (xm already rounded to float): pre[0..2] = sq, alxm, g (as the
@@ -151,7 +165,7 @@ static inline void poidev_setup(double xm, float *pre)
 /* poidev with an optional precomputed set-up (pre, or NULL) and gammln table (lgt, or NULL).
  * The float-typed arithmetic below is the C's float arithmetic (rng.py evaluates it in double
  * and rounds each result to float, which gives the same floats). */
-static double poidev_x(double xm_in, int64_t *ist, double *fst, int64_t *seed, const float *pre, float *lgt)
+static double poidev_x(double xm_in, int64_t *ist, double *fst, int64_t *seed, const float *pre, const lg_table *lgt)
 {
     double xm = f32(xm_in);
     if (xm > 1.0e6)
@@ -297,7 +311,7 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
     int64_t s0 = ymin > 0 ? ymin : 0, s1 = ymax < nslow - 1 ? ymax : nslow - 1;
     int64_t w = f1 - f0 + 1, h = s1 - s0 + 1, q = 0;
     float *means = NULL;
-    float *lgt = lgt_new();
+    lg_table lgt;
     pre_ctx pc;
     if (w > 0 && h > 0) {
         if (f0 == 0 && w == nfast) {
@@ -312,9 +326,15 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
     } else {
         pre_start(&pc, NULL, 0, 1);
     }
+    double max_mean = 0.0;
+    for (s = s0; s <= s1; ++s) {
+        double m = max_of(img + s * nfast + f0, w);
+        if (m > max_mean) max_mean = m;
+    }
+    lgt_init(&lgt, max_mean);
     for (s = s0; s <= s1; ++s) {
         for (f = f0; f <= f1; ++f, ++q) {
-            value = poidev_x((double)img[s * nfast + f], ist, fst, seed, pre_get(&pc, q), lgt);
+            value = poidev_x((double)img[s * nfast + f], ist, fst, seed, pre_get(&pc, q), &lgt);
             photons += value;
             value += adc;
             if (value > 65535.0) {
@@ -326,7 +346,7 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
     }
     pre_finish(&pc);
     free(means);
-    free(lgt);
+    free(lgt.v);
     *overloads = over;
     return photons;
 }
@@ -338,20 +358,22 @@ double nb_photon_noise(const float *photons, int64_t n, double flicker, double c
                        double *fst, int64_t *seed, int64_t *cseed, float *counts, int nthreads)
 {
     double total = 0.0, p0, v;
-    float *lgt = lgt_new();
+    lg_table lgt;
     pre_ctx pc;
     int known = !(flicker > 0.0) && !(calib > 0.0);    /* the means are the photons themselves */
     pre_start(&pc, photons, known ? n : 0, nthreads);
+    /* flicker and calibration scale the means by 1 + rms z (|z| < 7 in practice) */
+    lgt_init(&lgt, max_of(photons, n) * (1.0 + 7.0 * ((flicker > 0.0 ? flicker : 0.0) + (calib > 0.0 ? calib : 0.0))));
     for (int64_t i = 0; i < n; ++i) {
         p0 = (double)photons[i];
         if (flicker > 0.0) p0 *= 1.0 + flicker * gaussdev(ist, fst, seed);
         if (calib > 0.0) p0 *= 1.0 + calib * gaussdev(ist, fst, cseed);
-        v = poidev_x(p0, ist, fst, seed, known ? pre_get(&pc, i) : NULL, lgt);
+        v = poidev_x(p0, ist, fst, seed, known ? pre_get(&pc, i) : NULL, &lgt);
         counts[i] = (float)v;
         total += f32(v);
     }
     pre_finish(&pc);
-    free(lgt);
+    free(lgt.v);
     return total;
 }
 
