@@ -12,7 +12,11 @@ Cases (the issue's):
 For each: the C program's whole-process wall time, ours as a whole process (the console script),
 ours in-process (the program's main() called again in a warm process: parsing, set-up, rendering,
 noise and writing, without Python's start-up and imports), medians over --repeat runs, and CPU
-seconds (user + system) of the processes.  C and ours alternate, in one run.  Not part of the tests.
+seconds (user + system) of the processes.  C and ours alternate, in one run; the load average is
+read before and after each case.  First, each program runs once with an empty kernel cache
+(``NANOBRAGG_TORCH_CACHE`` pointed at a new folder): the one-off cost of compiling the C kernels
+(``first use``), against the same run with the cache warm.  ``python -c "import torch"`` is timed
+too, for scale.  Not part of the tests.
 """
 from __future__ import annotations
 
@@ -46,9 +50,9 @@ def _child_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def run_process(cmd, cwd):
+def run_process(cmd, cwd, env=None):
     c0, t0 = _child_cpu(), time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {p.stderr.strip()[-300:]}")
@@ -91,11 +95,29 @@ def main():
     subprocess.run([cbin["nonBragg"]] + shlex.split(CASES["N2"][1]) + ["-floatfile", "water.bin"], cwd=work,
                    stdout=subprocess.DEVNULL, check=True)
     rows = []
+    med = statistics.median
+    # one-off: the C kernels compiled into an empty cache (first use), then the same run warm
+    first = {}
+    for name in a.cases.split(","):
+        prog, args = CASES[name]
+        if prog in first:
+            continue
+        cache = Path(tempfile.mkdtemp(prefix="bench_cache_"))
+        env = dict(os.environ, NANOBRAGG_TORCH_CACHE=str(cache))
+        cold = run_process([ours[prog]] + shlex.split(args), work, env)[0]
+        warm = run_process([ours[prog]] + shlex.split(args), work, env)[0]
+        first[prog] = (cold, warm)
+        shutil.rmtree(cache, ignore_errors=True)
+        print(f"first use {prog}: {cold:.2f} s with an empty kernel cache, {warm:.2f} s warm "
+              f"(compiling: ~{cold - warm:.2f} s, once per machine)", flush=True)
+    imp = [run_process([sys.executable, "-c", "import torch"], work)[0] for _ in range(a.repeat)]
+    print(f"python -c 'import torch': median {med(imp):.2f} s", flush=True)
     for name in a.cases.split(","):
         prog, args = CASES[name]
         argv = shlex.split(args)
         cw, cc, ow, oc, iw, ic = [], [], [], [], [], []
-        run_inprocess(prog, argv, work)          # warm-up: imports, numba caches
+        load0 = os.getloadavg()[0]
+        run_inprocess(prog, argv, work)          # warm-up: imports, the kernels loaded
         for _ in range(a.repeat):
             w, c = run_process([cbin[prog]] + argv, work)
             cw.append(w), cc.append(c)
@@ -103,17 +125,18 @@ def main():
             ow.append(w), oc.append(c)
             w, c = run_inprocess(prog, argv, work)
             iw.append(w), ic.append(c)
-        med = statistics.median
         row = dict(case=name, program=prog, args=args, c_wall=med(cw), ours_wall=med(ow), ours_inproc=med(iw),
                    c_cpu=med(cc), ours_cpu=med(oc), ours_inproc_cpu=med(ic),
-                   whole_ratio=med(cw) / med(ow), inproc_ratio=med(cw) / med(iw), targets=TARGETS[name])
+                   whole_ratio=med(cw) / med(ow), inproc_ratio=med(cw) / med(iw), targets=TARGETS[name],
+                   runs=dict(c=cw, ours=ow, inproc=iw), load=(load0, os.getloadavg()[0]))
         rows.append(row)
         print(f"{name} {prog:8s} C {row['c_wall']:7.2f}s  ours {row['ours_wall']:7.2f}s (x{row['whole_ratio']:.2f}, "
               f"target {TARGETS[name][0]})  in-process {row['ours_inproc']:7.2f}s (x{row['inproc_ratio']:.2f}, "
               f"target {TARGETS[name][1]})  CPU s: C {row['c_cpu']:.2f} ours {row['ours_cpu']:.2f} "
-              f"in-process {row['ours_inproc_cpu']:.2f}", flush=True)
+              f"in-process {row['ours_inproc_cpu']:.2f}  load {row['load'][0]:.1f}->{row['load'][1]:.1f}", flush=True)
     load = os.getloadavg()
-    json.dump(dict(rows=rows, repeat=a.repeat, loadavg=load, cpus=os.cpu_count()), open(a.json, "w"), indent=1)
+    json.dump(dict(rows=rows, repeat=a.repeat, loadavg=load, cpus=os.cpu_count(), first_use=first,
+                   import_torch=imp), open(a.json, "w"), indent=1)
     print(f"load average {load[0]:.1f} on {os.cpu_count()} CPUs; written {a.json}")
     shutil.rmtree(work, ignore_errors=True)
 

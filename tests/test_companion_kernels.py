@@ -60,6 +60,8 @@ _CASES = [
     dict(psf="fiber", psf_fwhm=80e-6, noise=False),
     dict(psf="gauss", psf_fwhm=300e-6, psf_radius=3, scale=1e-3),
     dict(scale=1e3, bits=32, readout=1.0),
+    dict(psf="gauss", psf_fwhm=150e-6, scale=1e-4),           # counts below half the pixel count: tabled radii
+    dict(psf="fiber", psf_fwhm=100e-6, scale=3e-5, flicker=0.1),
 ]
 
 

@@ -475,43 +475,56 @@ typedef struct {
     float *out;
     _Atomic int64_t next;
     int phase;                /* 0: radii and lost photons, 1: the sums */
+    int64_t tab_size;         /* radius and lost photons of the integers [0, tab_size) */
+    int32_t *tab_radius;
+    double *tab_lost;
 } psf_job;
 
 #define PSF_ROWS 8
 
-static void psf_radius_rows(psf_job *j, int64_t y0, int64_t y1)
+/* the C's radius and lost photons of a source pixel of v > 0 photons */
+static inline void psf_radius_one(const psf_job *j, double v, int32_t *radius, double *lost)
 {
     const double log16 = log(16.0);
+    int64_t r;
+    if (j->user_radius != 0) {
+        r = j->user_radius;
+    } else {
+        double lp = sqrt(v) / 10.0;
+        if (j->gauss) {
+            double a = -log(lp / v) / log16;
+            /* a < 0 (fewer than 0.01 photons): the C reads outside its kernel there; radius 1 */
+            r = a >= 0.0 ? 1 + (int64_t)ceil(sqrt(a) * j->fwhm) : 1;
+        } else {
+            r = 1 + (int64_t)ceil(j->g * (v / lp));
+        }
+    }
+    if (r == 0) r = 1;
+    if (r > j->maxwidth) r = j->maxwidth;
+    *radius = (int32_t)r;
+    if (j->gauss) {
+        double rsq = (double)r;
+        rsq = rsq / j->fwhm;
+        rsq = rsq * rsq;
+        *lost = v * exp(-log16 * rsq);
+    } else {
+        *lost = v * j->g / sqrt(j->g * j->g + (double)(r * r));
+    }
+}
+
+static void psf_radius_rows(psf_job *j, int64_t y0, int64_t y1)
+{
     for (int64_t i = y0 * j->nx; i < y1 * j->nx; ++i) {
         double v = (double)j->img[i];
         if (!(v > 0.0)) {
             j->radius[i] = -1;
             j->lost[i] = 0.0;
-            continue;
-        }
-        int64_t r;
-        if (j->user_radius != 0) {
-            r = j->user_radius;
+        } else if (v < (double)j->tab_size && v == (double)(int64_t)v) {
+            /* photon counts: the values of the table (the same function of v) */
+            j->radius[i] = j->tab_radius[(int64_t)v];
+            j->lost[i] = j->tab_lost[(int64_t)v];
         } else {
-            double lp = sqrt(v) / 10.0;
-            if (j->gauss) {
-                double a = -log(lp / v) / log16;
-                /* a < 0 (fewer than 0.01 photons): the C reads outside its kernel there; radius 1 */
-                r = a >= 0.0 ? 1 + (int64_t)ceil(sqrt(a) * j->fwhm) : 1;
-            } else {
-                r = 1 + (int64_t)ceil(j->g * (v / lp));
-            }
-        }
-        if (r == 0) r = 1;
-        if (r > j->maxwidth) r = j->maxwidth;
-        j->radius[i] = (int32_t)r;
-        if (j->gauss) {
-            double rsq = (double)r;
-            rsq = rsq / j->fwhm;
-            rsq = rsq * rsq;
-            j->lost[i] = v * exp(-log16 * rsq);
-        } else {
-            j->lost[i] = v * j->g / sqrt(j->g * j->g + (double)(r * r));
+            psf_radius_one(j, v, j->radius + i, j->lost + i);
         }
     }
 }
@@ -574,33 +587,54 @@ static float psf_target(const psf_job *j, int64_t yt, int64_t xt)
     return acc;
 }
 
+#define PSF_VECS 4
+#define PSF_LANES (8 * PSF_VECS)
+typedef float v8f __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
 static void psf_row(const psf_job *j, int64_t yt)
 {
     const int64_t nx = j->nx, ny = j->ny, R = j->R, K = 2 * R + 1;
+    const float *img = j->img;
+    const int32_t *radius = j->radius;
     int64_t ylo = yt - R, yhi = yt + R;
     if (ylo < 0) ylo = 0;
     if (yhi > ny - 1) yhi = ny - 1;
     int64_t xt = 0;
     while (xt < nx) {
-        if (xt >= R && xt >= 1 && xt + R <= nx - 1) {
-            /* interior: every source of the row window lies on the image, none wraps */
-            float acc = 0.0f;
+        if (xt >= R && xt >= 1 && xt + PSF_LANES - 1 + R <= nx - 1) {
+            /* PSF_LANES interior targets at once (independent float sums, each in its sources'
+             * order): every source of their row windows lies on the image, none wraps */
+            v8f acc[PSF_VECS];
+            for (int q = 0; q < PSF_VECS; ++q) acc[q] = (v8f){0};
             for (int64_t ys = ylo; ys <= yhi; ++ys) {
                 int64_t dy = yt - ys;
                 const double *krow = j->kernel + (R + dy) * K + R;
                 int64_t base = ys * nx + xt - R;
                 for (int64_t u = 0; u <= 2 * R; ++u) {
                     int64_t dx = R - u;
-                    int64_t r = j->radius[base + u];
-                    if (r >= 0 && dx * dx + dy * dy <= r * r)
-                        acc = (float)((double)acc + (double)j->img[base + u] * krow[dx]);
+                    const int32_t d2 = (int32_t)(dx * dx + dy * dy);
+                    const double kk = krow[dx];
+                    for (int q = 0; q < PSF_VECS; ++q) {
+                        v8f v;
+                        v8i r;
+                        __builtin_memcpy(&v, img + base + u + 8 * q, sizeof v);
+                        __builtin_memcpy(&r, radius + base + u + 8 * q, sizeof r);
+                        /* float + float * double in double, rounded to float: the C's outimage[j] += ... */
+                        v8d sum = __builtin_convertvector(acc[q], v8d) + __builtin_convertvector(v, v8d) * kk;
+                        v8f res = __builtin_convertvector(sum, v8f);
+                        v8i take = (r >= 0) & (r * r >= d2);
+                        acc[q] = (v8f)(((v8i)res & take) | ((v8i)acc[q] & ~take));
+                    }
                 }
             }
-            j->out[yt * nx + xt] = acc;
+            __builtin_memcpy(j->out + yt * nx + xt, acc, sizeof acc);
+            xt += PSF_LANES;
         } else {
             j->out[yt * nx + xt] = psf_target(j, yt, xt);
+            ++xt;
         }
-        ++xt;
     }
 }
 
@@ -650,8 +684,28 @@ double nb_psf(const float *img, int64_t nx, int64_t ny, int gauss, double fwhm, 
         free(j.lost);
         return -1.0;
     }
+    /* the noise image's counts are integers: their radii and lost photons once per value */
+    float vmax = 0.0f;
+    int64_t integers = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (img[i] > vmax) vmax = img[i];
+        integers += img[i] == (float)(int64_t)img[i];
+    }
+    if (integers > n / 2 && vmax < (float)(1 << 22) && (double)vmax < 0.5 * (double)n) {
+        int64_t size = (int64_t)vmax + 1;
+        j.tab_radius = (int32_t *)malloc(sizeof(int32_t) * (size_t)size);
+        j.tab_lost = (double *)malloc(sizeof(double) * (size_t)size);
+        if (j.tab_radius && j.tab_lost) {
+            j.tab_radius[0] = -1;
+            j.tab_lost[0] = 0.0;
+            for (int64_t k = 1; k < size; ++k) psf_radius_one(&j, (double)k, j.tab_radius + k, j.tab_lost + k);
+            j.tab_size = size;
+        }
+    }
     j.phase = 0;
     psf_parallel(&j, nthreads);
+    free(j.tab_radius);
+    free(j.tab_lost);
     double total = 0.0;
     for (int64_t i = 0; i < n; ++i) total += j.lost[i];
     j.phase = 1;

@@ -24,7 +24,7 @@ import numpy as np
 from . import cbuild
 
 _SOURCES = ("cnoise.c",)
-FLAGS = ("-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-pthread")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-pthread")
 ABI_VERSION = 2
 
 _lock = threading.Lock()
