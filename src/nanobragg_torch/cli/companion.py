@@ -100,6 +100,8 @@ def run_main(prog: str, body: Callable[[List[str]], int], argv: Optional[List[st
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise                   # the reader of stdout left: the console entry point exits quietly (141)
     except OSError as e:
         name = f"{e.filename}: " if getattr(e, "filename", None) else ""
         error(f"{name}{e.strerror or e}")
