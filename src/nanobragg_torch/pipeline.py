@@ -54,9 +54,14 @@ def setup_from_args(args: Union[str, Sequence[str]], cwd: str = ".", now: Option
     ``now``: the clock (s) the C program's default seeds come from (None: the time now).
     """
     from .cli.flags import parse_flags
-    from .cli.resolve import build_setup
     argv = shlex.split(args) if isinstance(args, str) else list(args)
-    return build_setup(parse_flags(argv), cwd=cwd, now=now)
+    return setup_from_flags(parse_flags(argv), cwd=cwd, now=now)
+
+
+def setup_from_flags(flags, cwd: str = ".", now: Optional[int] = None):
+    """The set-up for parsed flags (:func:`nanobragg_torch.cli.flags.parse_flags`): reads the input files."""
+    from .cli.resolve import build_setup
+    return build_setup(flags, cwd=cwd, now=now)
 
 
 # ---------------------------------------------------------------------------
