@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-# torch is imported where it is used, so that the companions' C kernels in this package
-# (cnoise, camorphous, cbuild) load without it: a noisify run does not import torch at all
+# torch is imported where a backend is chosen, not here: the package's torch-free helpers
+# (cbuild, cio: the readers' and writers' C fast paths) run before torch is loaded
 
 BACKENDS = ("auto", "torch", "fused", "compile")
 AUTO_ORDER = ("fused", "torch")
@@ -41,7 +41,7 @@ class Request:
     """What the caller asks of a render, beside the problem itself."""
     needs_grad: bool = False
     device: str = "cpu"
-    dtype: "torch.dtype" = None          # None: torch.float64
+    dtype: Any = None                 # torch.dtype; None: torch.float64
 
     def __post_init__(self):
         if self.dtype is None:
