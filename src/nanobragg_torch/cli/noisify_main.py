@@ -315,8 +315,11 @@ def _body(argv: List[str]) -> int:
     say("  Xbeam=%s Ybeam=%s" % (g(Xbeam), g(Ybeam)))
     if f.psf:
         line = "  %s PSF fwhm = %s um " % ("Gaussian" if f.psf == "gauss" else "fiber", g(f.psf_fwhm * 1e6))
-        say(line + ("  with automatic rendering radius" if f.psf_radius == 0 else ""))
-        say("  with rendering radius: %d" % f.psf_radius)
+        # the C ends the line only after "automatic rendering radius" (radius 0) or the radius
+        if f.psf_radius == 0:
+            say(line + "  with automatic rendering radius")
+            line = ""
+        say(line + "  with rendering radius: %d" % f.psf_radius)
     say("  seed: %d" % seed)
     say("  calibration noise seed: %d" % f.calib_seed)
     say("  calibration_noise = %s %%" % g(calibration * 100))
