@@ -127,18 +127,20 @@ def write_all(writes) -> None:
 
 
 class Writer:
-    """:func:`write_all` on a thread (the images that are final, while the noise is drawn);
-    ``join()`` re-raises what it raised."""
+    """:func:`write_all` of ``job`` (a list of writes), or ``job()`` (a callable), on a thread:
+    the images that are final, while the noise is drawn.  ``join()`` returns what ``job()``
+    returned and re-raises what it raised."""
 
-    def __init__(self, writes):
+    def __init__(self, job):
         import threading
         self.exc = None
-        self.thread = threading.Thread(target=self._run, args=(writes,), daemon=True)
+        self.result = None
+        self.thread = threading.Thread(target=self._run, args=(job,), daemon=True)
         self.thread.start()
 
-    def _run(self, writes):
+    def _run(self, job):
         try:
-            write_all(writes)
+            self.result = job() if callable(job) else write_all(job)
         except BaseException as e:      # noqa: BLE001 - handed to join()
             self.exc = e
 
@@ -146,3 +148,4 @@ class Writer:
         self.thread.join()
         if self.exc is not None:
             raise self.exc
+        return self.result

@@ -362,36 +362,43 @@ def _body(argv: List[str]) -> int:
     fimg = img.to(torch.float32).numpy()
     S, Fp = fimg.shape
     from ..physics.amorphous_kernel import image_outputs
-    max_I, avg, rms, rmsd, iscale, pscale, intimg, pgm = image_outputs(fimg, roi, f.intfile_scale,
-                                                                       f.adc_offset, f.pgm_scale)
-    say("writing %s as %d 4-byte floats" % (f.floatfilename, S * Fp))
-    say("max_I = %s" % _g(max_I))
-    say("mean= %s rms= %s rmsd= %s" % (_g(avg), _g(rms), _g(rmsd)))
-    say("intfile_scale = %s" % _g(iscale))
-    say("pgm_scale = %s" % _g(pscale))
     header = _header(f, geo, m["fpixels"], m["spixels"], m["osc"])
-    # the float, SMV and PGM images are final: write them (each atomically) on a thread while
-    # the noise image (one serial random stream, in C without the GIL) is drawn
-    writes = [(f.floatfilename, [fimg]), (f.intfilename, [header, intimg])]
-    if f.write_pgm:
-        writes.append((f.pgmfilename, [pgm_header(Fp, S, pscale), pgm]))
-    writer = Writer(writes) if f.calculate_noise else None
-    say("writing %s as 2-byte integers" % f.intfilename)
-    if f.write_pgm:
-        say("writing %s as 1-byte integers" % f.pgmfilename)
+
+    def outputs_and_writes():
+        # statistics, SMV and PGM scaling, then the float, SMV and PGM files (each atomically)
+        out = image_outputs(fimg, roi, f.intfile_scale, f.adc_offset, f.pgm_scale)
+        intimg, pgm, pscale = out[6], out[7], out[5]
+        writes = [(f.floatfilename, [fimg]), (f.intfilename, [header, intimg])]
+        if f.write_pgm:
+            writes.append((f.pgmfilename, [pgm_header(Fp, S, pscale), pgm]))
+        write_all(writes)
+        return out
+
     noise = None
     if f.calculate_noise:
+        # the noise image is one serial random stream (in C, without the GIL): the other images
+        # are made and written on a thread meanwhile
         from ..rng import CRandom, SeedStream
+        writer = Writer(outputs_and_writes)
         try:
             noise, photons, overloads = CRandom().noise_image(fimg, SeedStream(seed),
                                                               roi=(roi[0], roi[1], roi[2], roi[3]),
                                                               adc=f.adc_offset)
         finally:
-            writer.join()
-        say("%.0f photons on noise image (%d overloads)" % (photons, overloads))
+            stats = writer.join()
     else:
-        write_all(writes)
+        stats = outputs_and_writes()
+    max_I, avg, rms, rmsd, iscale, pscale = stats[:6]
+    say("writing %s as %d 4-byte floats" % (f.floatfilename, S * Fp))
+    say("max_I = %s" % _g(max_I))
+    say("mean= %s rms= %s rmsd= %s" % (_g(avg), _g(rms), _g(rmsd)))
+    say("intfile_scale = %s" % _g(iscale))
+    say("pgm_scale = %s" % _g(pscale))
+    say("writing %s as 2-byte integers" % f.intfilename)
+    if f.write_pgm:
+        say("writing %s as 1-byte integers" % f.pgmfilename)
     if noise is not None:
+        say("%.0f photons on noise image (%d overloads)" % (photons, overloads))
         say("writing %s as 2-byte integers" % f.noisefilename)
         write_all([(f.noisefilename, [header, noise])])
     return 0
