@@ -160,3 +160,28 @@ def test_noisify_without_the_c_kernel_gives_the_same_files(tmp_path):
         assert p.returncode == 0, p.stderr
         outs[tag] = [(tmp_path / n).read_bytes() for n in names[1::2]]
     assert outs["c"] == outs["fallback"]
+
+
+def test_nonbragg_without_the_c_kernels_gives_the_same_files_and_says_so(tmp_path):
+    _write_table(tmp_path / "t.stol")
+    args = ["-stol", "t.stol", "-detpixels", "24", "-pixel", "0.2", "-distance", "60", "-oversample", "2",
+            "-polar", "0.8", "-seed", "9", "-noprogress"]
+    outs, errs = {}, {}
+    envs = (("c", {}), ("off", {"NANOBRAGG_TORCH_NO_CNOISE": "1", "NANOBRAGG_TORCH_NO_CAMORPHOUS": "1"}),
+            ("nocc", {"CC": "no-such-compiler-here", "NANOBRAGG_TORCH_CACHE": str(tmp_path / "empty_cache")}))
+    for tag, env in envs:
+        names = ["-floatfile", f"{tag}.bin", "-intfile", f"{tag}.img", "-pgmfile", f"{tag}.pgm",
+                 "-noisefile", f"{tag}_noise.img"]
+        code = f"from nanobragg_torch.cli import nonbragg_main; raise SystemExit(nonbragg_main.main({args + names!r}))"
+        p = _run(code, env, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        outs[tag] = [(tmp_path / n).read_bytes() for n in names[1::2]]
+        errs[tag] = p.stderr
+    assert outs["c"] == outs["off"] == outs["nocc"]
+    assert "note:" not in errs["off"]                       # switched off on purpose: silent
+    assert "C amorphous kernel is not available" in errs["nocc"] and "C noise kernel is not available" in errs["nocc"]
+
+
+def _write_table(path):
+    path.write_text("# stol F\n0 2.57\n0.1 2.2\n0.2 1.9\n0.3 2.3\n0.4 1.6\n0.6 1.2\n1.0 1.0\n")
+    return str(path)

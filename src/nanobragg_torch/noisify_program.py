@@ -343,8 +343,11 @@ def to_adu_ints(adu: np.ndarray, bits: int, clip16: bool):
 
 
 def _cnoise():
-    from .backends import cnoise
-    return cnoise.load()
+    from .backends import cbuild, cnoise
+    lib = cnoise.load()
+    if lib is None:
+        cbuild.note_fallback("C noise kernel", cnoise.error(), "numba" if _rng.HAVE_NUMBA else "plain Python")
+    return lib
 
 
 def _psf_c(photons: np.ndarray, p: NoisifyParams, say, lib=None) -> np.ndarray:

@@ -388,8 +388,11 @@ def enable_jit() -> bool:
 
 def _c_noise():
     """The C twin of _noise_k (backends/cnoise.c) when it can be built and loaded, else None."""
-    from .backends import cnoise
-    return cnoise.load()
+    from .backends import cbuild, cnoise
+    lib = cnoise.load()
+    if lib is None:
+        cbuild.note_fallback("C noise kernel", cnoise.error(), "numba" if HAVE_NUMBA else "plain Python")
+    return lib
 
 
 def preload_jit() -> bool:

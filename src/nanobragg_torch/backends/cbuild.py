@@ -88,3 +88,17 @@ def build_library(stem: str, sources: Sequence[str], flags: Sequence[str], abi: 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path, time.perf_counter() - t0
+
+
+_noted: set = set()
+
+
+def note_fallback(what: str, reason: Optional[str], instead: str) -> None:
+    """One line on stderr, once per process, when a C kernel cannot be used and ``instead`` runs
+    (nothing when it was switched off on purpose through its environment variable)."""
+    if reason is None or reason.startswith("disabled by"):
+        return
+    msg = f"nanoBragg: note: the {what} is not available ({reason}); using {instead}"
+    if msg not in _noted:
+        _noted.add(msg)
+        print(msg, file=sys.stderr, flush=True)

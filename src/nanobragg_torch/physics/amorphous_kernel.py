@@ -137,10 +137,14 @@ def _c_lib(impl: str):
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "numba":
         return None
-    from ..backends import camorphous
+    from ..backends import camorphous, cbuild
     lib = camorphous.load()
     if lib is None and impl == "c":
         raise RuntimeError(f"the C amorphous kernel is not available: {camorphous.error()}")
+    if lib is None:
+        import importlib.util
+        cbuild.note_fallback("C amorphous kernel", camorphous.error(),
+                             "numba" if importlib.util.find_spec("numba") else "plain Python")
     return lib
 
 
