@@ -154,7 +154,7 @@ def test_noisify_without_the_c_kernel_gives_the_same_files(tmp_path):
             "-flicker", "0.02", "-seed", "5"]
     outs = {}
     for tag, env in (("c", {}), ("fallback", {"NANOBRAGG_TORCH_NO_CNOISE": "1"})):
-        names = [f"-intfile", f"{tag}.img", "-noisefile", f"{tag}_noise.img", "-pgmfile", f"{tag}.pgm"]
+        names = ["-intfile", f"{tag}.img", "-noisefile", f"{tag}_noise.img", "-pgmfile", f"{tag}.pgm"]
         code = f"from nanobragg_torch.cli import noisify_main; raise SystemExit(noisify_main.main({args + names!r}))"
         p = _run(code, env, cwd=tmp_path)
         assert p.returncode == 0, p.stderr
