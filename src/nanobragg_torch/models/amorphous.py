@@ -323,3 +323,117 @@ class AmorphousScatter(torch.nn.Module):
 
     def forward(self) -> torch.Tensor:
         return amorphous_image(self.sample, self.detector, self.beam, **self.options)
+
+
+# ---------------------------------------------------------------------------
+# the inverse: F against stol from an image (nonBragg -img / -stolout)
+# ---------------------------------------------------------------------------
+def last_subpixel_terms(detector, beam, *, oversample: int = 1, dtype=torch.float64, device=None):
+    """``(stol, polar, omega)`` (each (spixels, fpixels)) of every pixel's last sub-pixel and last source.
+
+    These are the values the C ``nonBragg`` holds when it turns a pixel of an
+    ``-img`` image back into a structure factor: its loops leave ``stol``
+    (sin(theta)/lambda, here in 1/m as the C's), the polarization factor and the
+    solid angle of the last sub-pixel (last in both directions) and, for
+    ``stol`` and ``polar``, of the last source.  Arithmetic in the C's order.
+    Differentiable in the detector geometry and the wavelength.
+    """
+    dev = device if device is not None else detector.device
+    cfg = detector.settings
+    src = beam.sources(dtype, dev)
+    geo = detector.geometry(beam.beam_vector_unit(dtype, dev), dtype, dev)
+    S, F = cfg.spixels, cfg.fpixels
+    O = max(int(oversample), 1)
+    px = detector.value("pixel_size", dtype, dev)
+    sub = px / O
+    fc = sub * (torch.arange(F, dtype=dtype, device=dev) * O + (O - 1)) + sub / 2.0
+    sc = sub * (torch.arange(S, dtype=dtype, device=dev) * O + (O - 1)) + sub / 2.0
+    pos = fc[None, :, None] * geo.fdet + sc[:, None, None] * geo.sdet + geo.pix0                # (S, F, 3)
+    if cfg.curved:
+        v = geo.distance * geo.beam_vector
+        newv = rotate_axis(v.expand_as(pos), geo.sdet, pos[..., 1] / geo.distance)
+        pos = rotate_axis(newv, geo.fdet, pos[..., 2] / geo.distance)
+    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
+    air = torch.sqrt(x * x + y * y + z * z)
+    d = pos / air[..., None]
+    if cfg.point_pixel:
+        omega = 1.0 / air / air
+    else:
+        omega = px * px / air / air * geo.close_distance / air
+    inc = src.incident[-1]
+    lam = src.wavelength[-1]
+    q = (d - inc) / lam
+    stol = 0.5 * torch.sqrt(q[..., 0] * q[..., 0] + q[..., 1] * q[..., 1] + q[..., 2] * q[..., 2])
+    if beam.nopolar:
+        polar = torch.ones_like(stol)
+    else:
+        polar = polarization_factor(beam.value("polarization", dtype, dev), inc, d,
+                                    beam.polar_vector_unit(dtype, dev))
+    return stol, polar, omega
+
+
+def image_structure_factors(image, sample: AmorphousSample, detector, beam, *, oversample: int = 1,
+                            adc: float = 40.0, gain: float = 1.0, nsources: Optional[int] = None):
+    """F of every pixel of a measured ``image`` (spixels, fpixels), as the C ``nonBragg -img`` derives it.
+
+    ``F = sign(D) sqrt(|D| / polar / omega / fluence / r_e^2 / molecules * steps)`` with
+    ``D = (pixel - adc) / gain`` rounded to float32, ``steps`` = sources x
+    oversample^2 and polar, omega of :func:`last_subpixel_terms`.  Returns
+    ``(F float32 numpy (S, F), stol float64 numpy (S, F) in 1/A)``.
+    """
+    img = np.asarray(image)
+    cfg = detector.settings
+    if img.shape != (cfg.spixels, cfg.fpixels):
+        raise ValueError(f"image is {img.shape[1]}x{img.shape[0]} pixels, the detector "
+                         f"{cfg.fpixels}x{cfg.spixels}")
+    with torch.no_grad():
+        stol, polar, omega = last_subpixel_terms(detector, beam, oversample=oversample)
+        fluence = float(beam.value("fluence", torch.float64, detector.device))
+        n = beam.sources(torch.float64).incident.shape[0] if nsources is None else int(nsources)
+    O = max(int(oversample), 1)
+    steps = n * O * O
+    molecules = float(as_tensor(sample.molecules(), torch.float64, "cpu"))
+    dev32 = ((img.astype(np.float64) - float(adc)) / float(gain)).astype(np.float32)
+    sign = np.where(dev32 < 0.0, np.float32(-1.0), np.float32(1.0)).astype(np.float64)
+    mag = np.abs(dev32).astype(np.float64)
+    Fpix = sign * np.sqrt(mag / polar.numpy() / omega.numpy() / fluence / R_E_SQR / molecules * steps)
+    return Fpix.astype(np.float32), stol.numpy() / 1e10
+
+
+def image_stol_profile(image, sample: AmorphousSample, detector, beam, *, oversample: int = 1,
+                       adc: float = 40.0, gain: float = 1.0, invalid=None, roi: Optional[Sequence[int]] = None):
+    """The table the C ``nonBragg -img FILE -stolout OUT`` writes: mean F of the pixels nearest each table point.
+
+    Every valid pixel (inside ``roi`` (xmin, xmax, ymin, ymax, inclusive) and
+    not marked in the bool (S, F) array ``invalid``) goes to the table point of
+    ``sample.table`` nearest its stol (:func:`last_subpixel_terms`; a pixel
+    beyond the last point goes to it, one below the first to the first), and
+    each point gets the mean and rms deviation of its pixels' F
+    (:func:`image_structure_factors`) in the C's float32 arithmetic (sums in
+    raster order).  Returns a dict: ``stol`` (n,) the table's points (1/A),
+    ``mean``, ``rmsd`` (n,) float32 (0 where no pixel), ``count`` (n,) int,
+    ``F`` (S, F) float32 and ``row`` (S, F) int (the point of each pixel, -1
+    for invalid ones).
+    """
+    from ..physics.amorphous_kernel import bin_mean_rmsd
+    Fpix, stol_A = image_structure_factors(image, sample, detector, beam, oversample=oversample,
+                                           adc=adc, gain=gain)
+    stol_m = stol_A * 1e10
+    knots = np.asarray(sample.table.stol, dtype=np.float64) * 1e10
+    nk = knots.size
+    ext = np.concatenate([[-1e99, -1e98], knots, [1e98, 1e99]])
+    nearest = np.searchsorted(knots, stol_m, side="right") + 1          # the C's nearest (extended index)
+    mid = (ext[nearest] + ext[nearest + 1]) / 2.0
+    row = nearest + (stol_m > mid) - 2                                  # 0 .. n-1
+    S, Fn = Fpix.shape
+    valid = np.ones((S, Fn), dtype=bool)
+    if roi is not None:
+        xmin, xmax, ymin, ymax = (int(v) for v in roi)
+        fi, si = np.arange(Fn), np.arange(S)
+        valid &= ((fi >= xmin) & (fi <= xmax))[None, :] & ((si >= ymin) & (si <= ymax))[:, None]
+    if invalid is not None:
+        valid &= ~np.asarray(invalid, dtype=bool)
+    row = np.where(valid, row, -1).astype(np.int64)
+    mean, rmsd, count = bin_mean_rmsd(Fpix.reshape(-1), row.reshape(-1), nk)
+    return dict(stol=np.asarray(sample.table.stol, dtype=np.float64).copy(), mean=mean, rmsd=rmsd,
+                count=count, F=Fpix, row=row)

@@ -210,3 +210,54 @@ def image_outputs(img: np.ndarray, roi, intfile_scale: float, adc: float, pgm_sc
     _OUT(np.ascontiguousarray(img, dtype=np.float32), x0, x1, y0, y1, float(intfile_scale), float(adc),
          float(pgm_scale), intimg, pgm, stats)
     return (*(float(v) for v in stats), intimg, pgm)
+
+
+def _bin_stats_k(values, rows, nrows, total, mean, dev, count):
+    """Per-row mean and rms deviation in float32, sums in the order given (the C's fmean_with_rejection)."""
+    for i in range(values.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            total[r] = np.float32(total[r] + values[i])
+            count[r] += 1
+    for r in range(nrows):
+        if count[r] > 0:
+            mean[r] = np.float32(total[r] / np.float32(count[r]))
+    for i in range(values.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            d = np.float32(abs(np.float32(values[i] - mean[r])))
+            dev[r] = np.float32(dev[r] + np.float32(d * d))
+
+
+_BINS = None
+
+
+def bin_mean_rmsd(values: np.ndarray, rows: np.ndarray, nrows: int):
+    """``(mean, rmsd, count)`` per row of float32 ``values`` grouped by ``rows`` (-1: left out).
+
+    The C ``nonBragg``'s statistics of an ``-stolout`` table row: float32
+    running sums in the order of ``values``, mean = sum/n, rmsd =
+    sqrt(sum (v - mean)^2 / n) (float32 quotient, double square root);
+    rows without values get 0.  (Its rejection is off: a cut of 1e99 sigma.)
+    """
+    global _BINS
+    with _LOCK:
+        if _BINS is None:
+            try:
+                import numba
+                _BINS = numba.njit(cache=True, error_model="numpy")(_bin_stats_k)
+            except Exception:  # pragma: no cover
+                _BINS = _bin_stats_k
+    v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    r = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+    if v.shape != r.shape:
+        raise ValueError("values and rows differ in size")
+    total = np.zeros(nrows, np.float32)
+    mean = np.zeros(nrows, np.float32)
+    dev = np.zeros(nrows, np.float32)
+    count = np.zeros(nrows, np.int64)
+    _BINS(v, r, int(nrows), total, mean, dev, count)
+    rmsd = np.zeros(nrows, np.float32)
+    ok = count > 0
+    rmsd[ok] = np.sqrt((dev[ok] / count[ok].astype(np.float32)).astype(np.float32).astype(np.float64)).astype(np.float32)
+    return mean, rmsd, count
