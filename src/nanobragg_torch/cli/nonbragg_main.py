@@ -103,7 +103,9 @@ RULES: List[Rule] = (
     + [Rule(_has("-pgmfile", "-pgmimage"), 1, lambda f, v: setattr(f, "pgmfilename", v[0]), ("-pgmfile", "-pgmimage"),
             "s", "PGM output (default image.pgm)")]
     + _pick("-noisefile", "-nonoise", "-nopgm")
-    + [Rule(_has("-noreject"), 0, lambda f, v: None, ("-noreject",), "",
+    + [Rule(lambda a: a == "-c_legacy", 0, _flag("c_legacy", True), ("-c_legacy",), "",
+            "with -img: the C's F scale (sqrt(sources x oversample^2) too large when that is not 1)"),
+       Rule(_has("-noreject"), 0, lambda f, v: None, ("-noreject",), "",
             "with -img: no outlier rejection (the C's only setting: accepted, no effect)")]
     + _pick("-scale")
     + [Rule(_has("-pgmscale"), 1, _set("pgm_scale"), ("-pgmscale",), "f", "PGM scale (default 250/(5 rmsd))")]
@@ -264,7 +266,8 @@ def fit_table(f: NonBraggFlags, m, say) -> bytes:
         hit = np.isin(img.pixels, ign.astype(np.float32))
         invalid = hit if invalid is None else (invalid | hit)
     prof = image_stol_profile(img.pixels, m["sample"], m["detector"], m["beam"], oversample=max(f.oversample, 1),
-                              adc=f.adc_offset, gain=f.quantum_gain, invalid=invalid, roi=m["roi"])
+                              adc=f.adc_offset, gain=f.quantum_gain, invalid=invalid, roi=m["roi"],
+                              source_weights=m["weights"], c_scale=f.c_legacy)
     out = []
     for k in range(len(prof["stol"])):
         stol = prof["stol"][k] * 1e10 / f.stol_file_mult

@@ -373,13 +373,17 @@ def last_subpixel_terms(detector, beam, *, oversample: int = 1, dtype=torch.floa
 
 
 def image_structure_factors(image, sample: AmorphousSample, detector, beam, *, oversample: int = 1,
-                            adc: float = 40.0, gain: float = 1.0, nsources: Optional[int] = None):
+                            adc: float = 40.0, gain: float = 1.0, source_weights=None, c_scale: bool = False):
     """F of every pixel of a measured ``image`` (spixels, fpixels), as the C ``nonBragg -img`` derives it.
 
-    ``F = sign(D) sqrt(|D| / polar / omega / fluence / r_e^2 / molecules * steps)`` with
-    ``D = (pixel - adc) / gain`` rounded to float32, ``steps`` = sources x
-    oversample^2 and polar, omega of :func:`last_subpixel_terms`.  Returns
-    ``(F float32 numpy (S, F), stol float64 numpy (S, F) in 1/A)``.
+    ``F = sign(D) sqrt(|D| / polar / omega / fluence / r_e^2 / molecules / w)`` with
+    ``D = (pixel - adc) / gain`` rounded to float32, polar and omega of
+    :func:`last_subpixel_terms` and ``w`` the mean source weight (1 without
+    ``source_weights``): the inverse of :func:`amorphous_image`, whose pixel is
+    the mean over its sub-pixels and sources.  ``c_scale=True`` is the C's
+    formula, ``w = 1 / steps`` (``steps`` = sources x oversample^2), which makes F
+    sqrt(steps) times too large when there are several sources or sub-pixels.
+    Returns ``(F float32 numpy (S, F), stol float64 numpy (S, F) in 1/A)``.
     """
     img = np.asarray(image)
     cfg = detector.settings
@@ -389,19 +393,25 @@ def image_structure_factors(image, sample: AmorphousSample, detector, beam, *, o
     with torch.no_grad():
         stol, polar, omega = last_subpixel_terms(detector, beam, oversample=oversample)
         fluence = float(beam.value("fluence", torch.float64, detector.device))
-        n = beam.sources(torch.float64).incident.shape[0] if nsources is None else int(nsources)
+        n = beam.sources(torch.float64).incident.shape[0]
     O = max(int(oversample), 1)
     steps = n * O * O
     molecules = float(as_tensor(sample.molecules(), torch.float64, "cpu"))
     dev32 = ((img.astype(np.float64) - float(adc)) / float(gain)).astype(np.float32)
     sign = np.where(dev32 < 0.0, np.float32(-1.0), np.float32(1.0)).astype(np.float64)
     mag = np.abs(dev32).astype(np.float64)
-    Fpix = sign * np.sqrt(mag / polar.numpy() / omega.numpy() / fluence / R_E_SQR / molecules * steps)
+    base = mag / polar.numpy() / omega.numpy() / fluence / R_E_SQR / molecules
+    if c_scale:
+        Fpix = sign * np.sqrt(base * steps)
+    else:
+        wbar = 1.0 if source_weights is None else float(np.mean(np.asarray(source_weights, dtype=np.float64)))
+        Fpix = sign * np.sqrt(base / wbar)
     return Fpix.astype(np.float32), stol.numpy() / 1e10
 
 
 def image_stol_profile(image, sample: AmorphousSample, detector, beam, *, oversample: int = 1,
-                       adc: float = 40.0, gain: float = 1.0, invalid=None, roi: Optional[Sequence[int]] = None):
+                       adc: float = 40.0, gain: float = 1.0, invalid=None, roi: Optional[Sequence[int]] = None,
+                       source_weights=None, c_scale: bool = False):
     """The table the C ``nonBragg -img FILE -stolout OUT`` writes: mean F of the pixels nearest each table point.
 
     Every valid pixel (inside ``roi`` (xmin, xmax, ymin, ymax, inclusive) and
@@ -409,15 +419,15 @@ def image_stol_profile(image, sample: AmorphousSample, detector, beam, *, oversa
     ``sample.table`` nearest its stol (:func:`last_subpixel_terms`; a pixel
     beyond the last point goes to it, one below the first to the first), and
     each point gets the mean and rms deviation of its pixels' F
-    (:func:`image_structure_factors`) in the C's float32 arithmetic (sums in
-    raster order).  Returns a dict: ``stol`` (n,) the table's points (1/A),
+    (:func:`image_structure_factors`, with ``source_weights`` and ``c_scale``)
+    in the C's float32 arithmetic (sums in raster order).  Returns a dict: ``stol`` (n,) the table's points (1/A),
     ``mean``, ``rmsd`` (n,) float32 (0 where no pixel), ``count`` (n,) int,
     ``F`` (S, F) float32 and ``row`` (S, F) int (the point of each pixel, -1
     for invalid ones).
     """
     from ..physics.amorphous_kernel import bin_mean_rmsd
     Fpix, stol_A = image_structure_factors(image, sample, detector, beam, oversample=oversample,
-                                           adc=adc, gain=gain)
+                                           adc=adc, gain=gain, source_weights=source_weights, c_scale=c_scale)
     stol_m = stol_A * 1e10
     knots = np.asarray(sample.table.stol, dtype=np.float64) * 1e10
     nk = knots.size
