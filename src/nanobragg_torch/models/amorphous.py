@@ -53,6 +53,9 @@ class StolTable:
     """
 
     def __init__(self, stol, F, name: str = "table"):
+        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in (stol, F)):
+            raise ValueError("StolTable: the table is fixed (numpy; its cubics are precomputed): stol and F "
+                             "cannot carry a gradient; pass them detached")
         s = np.asarray(stol, dtype=np.float64).reshape(-1)
         f = np.asarray(F, dtype=np.float64).reshape(-1)
         if s.size == 0:
@@ -248,11 +251,16 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     steps = nsrc * O * O
     scale = R_E_SQR * fluence * as_tensor(sample.molecules(), dtype, dev) / steps
     table = sample.table
+    # everything the numba kernel takes as plain numbers
+    leaves = [geo.pix0, geo.fdet, geo.sdet, src.incident, src.wavelength, kahn, polar_axis, fluence, px, w,
+              as_tensor(sample.molecules(), dtype, dev)]
+    needs_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in leaves)
     if backend == "auto":
-        leaves = [geo.pix0, geo.fdet, src.wavelength, kahn, fluence, as_tensor(sample.molecules(), dtype, dev)]
-        backend = "numba" if (torch.device(dev).type == "cpu" and not any(t.requires_grad for t in leaves)) \
-            else "torch"
+        backend = "numba" if (torch.device(dev).type == "cpu" and not needs_grad) else "torch"
     if backend == "numba":
+        if needs_grad:
+            raise ValueError("amorphous_image: backend='numba' has no gradients and an input requires grad; "
+                             "use backend='torch' (or 'auto')")
         from ..physics import amorphous_kernel
         npy = lambda t: t.detach().to("cpu", torch.float64).numpy()
         roi4 = tuple(roi) if roi is not None else (0, F - 1, 0, S - 1)
