@@ -267,7 +267,7 @@ def fit_table(f: NonBraggFlags, m, say) -> bytes:
         invalid = hit if invalid is None else (invalid | hit)
     prof = image_stol_profile(img.pixels, m["sample"], m["detector"], m["beam"], oversample=max(f.oversample, 1),
                               adc=f.adc_offset, gain=f.quantum_gain, invalid=invalid, roi=m["roi"],
-                              source_weights=m["weights"], c_scale=f.c_legacy)
+                              source_weights=m["weights"], c_scale=f.c_legacy, backend="numba")
     out = []
     for k in range(len(prof["stol"])):
         stol = prof["stol"][k] * 1e10 / f.stol_file_mult

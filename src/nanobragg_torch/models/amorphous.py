@@ -419,7 +419,7 @@ def image_structure_factors(image, sample: AmorphousSample, detector, beam, *, o
 
 def image_stol_profile(image, sample: AmorphousSample, detector, beam, *, oversample: int = 1,
                        adc: float = 40.0, gain: float = 1.0, invalid=None, roi: Optional[Sequence[int]] = None,
-                       source_weights=None, c_scale: bool = False):
+                       source_weights=None, c_scale: bool = False, backend: str = "torch"):
     """The table the C ``nonBragg -img FILE -stolout OUT`` writes: mean F of the pixels nearest each table point.
 
     Every valid pixel (inside ``roi`` (xmin, xmax, ymin, ymax, inclusive) and
@@ -431,27 +431,53 @@ def image_stol_profile(image, sample: AmorphousSample, detector, beam, *, oversa
     in the C's float32 arithmetic (sums in raster order).  Returns a dict: ``stol`` (n,) the table's points (1/A),
     ``mean``, ``rmsd`` (n,) float32 (0 where no pixel), ``count`` (n,) int,
     ``F`` (S, F) float32 and ``row`` (S, F) int (the point of each pixel, -1
-    for invalid ones).
+    for invalid ones).  ``backend``: "torch" (:func:`image_structure_factors`,
+    any device) or "numba" (the fused CPU loop of
+    :func:`nanobragg_torch.physics.amorphous_kernel.fit_pixels`, the command
+    line's: no (S, F, 3) temporaries; the same numbers).
     """
-    from ..physics.amorphous_kernel import bin_mean_rmsd
-    Fpix, stol_A = image_structure_factors(image, sample, detector, beam, oversample=oversample,
-                                           adc=adc, gain=gain, source_weights=source_weights, c_scale=c_scale)
-    stol_m = stol_A * 1e10
+    from ..physics.amorphous_kernel import bin_mean_rmsd, fit_pixels
     knots = np.asarray(sample.table.stol, dtype=np.float64) * 1e10
     nk = knots.size
-    ext = np.concatenate([[-1e99, -1e98], knots, [1e98, 1e99]])
-    nearest = np.searchsorted(knots, stol_m, side="right") + 1          # the C's nearest (extended index)
-    mid = (ext[nearest] + ext[nearest + 1]) / 2.0
-    row = nearest + (stol_m > mid) - 2                                  # 0 .. n-1
-    S, Fn = Fpix.shape
-    valid = np.ones((S, Fn), dtype=bool)
-    if roi is not None:
-        xmin, xmax, ymin, ymax = (int(v) for v in roi)
+    cfg = detector.settings
+    S, Fn = cfg.spixels, cfg.fpixels
+    if np.shape(image) != (S, Fn):
+        raise ValueError(f"image is {np.shape(image)[1]}x{np.shape(image)[0]} pixels, the detector {Fn}x{S}")
+    roi4 = (0, Fn - 1, 0, S - 1) if roi is None else tuple(int(v) for v in roi)
+    if backend == "numba":
+        with torch.no_grad():
+            src = beam.sources(torch.float64)
+            geo = detector.geometry(beam.beam_vector_unit(torch.float64), torch.float64)
+            npy = lambda t: t.detach().to("cpu", torch.float64).numpy()
+            O = max(int(oversample), 1)
+            steps = src.incident.shape[0] * O * O
+            wbar = 1.0 if source_weights is None else float(np.mean(np.asarray(source_weights, dtype=np.float64)))
+            Fpix, row = fit_pixels(
+                S, Fn, O, dict(pix0=npy(geo.pix0), fdet=npy(geo.fdet), sdet=npy(geo.sdet),
+                               beam=npy(geo.beam_vector), distance=float(geo.distance),
+                               close=float(geo.close_distance)),
+                float(detector.value("pixel_size", torch.float64)), cfg.curved, cfg.point_pixel,
+                npy(src.incident[-1]), float(src.wavelength[-1]), float(beam.value("polarization", torch.float64)),
+                npy(beam.polar_vector_unit(torch.float64)), beam.nopolar, np.asarray(image, dtype=np.float32),
+                adc, gain, float(beam.value("fluence", torch.float64)), R_E_SQR,
+                float(as_tensor(sample.molecules(), torch.float64, "cpu")), float(steps) if c_scale else 0.0,
+                wbar, knots, roi4, invalid)
+    elif backend == "torch":
+        Fpix, stol_A = image_structure_factors(image, sample, detector, beam, oversample=oversample,
+                                               adc=adc, gain=gain, source_weights=source_weights, c_scale=c_scale)
+        stol_m = stol_A * 1e10
+        ext = np.concatenate([[-1e99, -1e98], knots, [1e98, 1e99]])
+        nearest = np.searchsorted(knots, stol_m, side="right") + 1          # the C's nearest (extended index)
+        mid = (ext[nearest] + ext[nearest + 1]) / 2.0
+        row = nearest + (stol_m > mid) - 2                                  # 0 .. n-1
+        xmin, xmax, ymin, ymax = roi4
         fi, si = np.arange(Fn), np.arange(S)
-        valid &= ((fi >= xmin) & (fi <= xmax))[None, :] & ((si >= ymin) & (si <= ymax))[:, None]
-    if invalid is not None:
-        valid &= ~np.asarray(invalid, dtype=bool)
-    row = np.where(valid, row, -1).astype(np.int64)
+        valid = ((fi >= xmin) & (fi <= xmax))[None, :] & ((si >= ymin) & (si <= ymax))[:, None]
+        if invalid is not None:
+            valid &= ~np.asarray(invalid, dtype=bool)
+        row = np.where(valid, row, -1).astype(np.int64)
+    else:
+        raise ValueError(f"backend must be 'torch' or 'numba', got {backend!r}")
     mean, rmsd, count = bin_mean_rmsd(Fpix.reshape(-1), row.reshape(-1), nk)
     return dict(stol=np.asarray(sample.table.stol, dtype=np.float64).copy(), mean=mean, rmsd=rmsd,
                 count=count, F=Fpix, row=row)
