@@ -113,6 +113,14 @@ def test_fixed_inputs_refuse_tensors_that_require_grad():
     with pytest.raises(ValueError, match="backend='numba' has no gradients") as e:
         amorphous_image(AmorphousSample(StolTable(*TAB), thickness=th), det, Beam(BeamConfig()), backend="numba")
     assert "\n" not in str(e.value)
+    for call in (lambda: amorphous_image(AmorphousSample(StolTable(*TAB)), det, Beam(BeamConfig()),
+                                         oversample=torch.tensor(2.0, requires_grad=True)),):
+        with pytest.raises(ValueError, match="oversample cannot carry a gradient"):
+            call()
+    from nanobragg_torch.models.amorphous import image_stol_profile
+    img = torch.ones(3, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="image_stol_profile: image cannot carry a gradient"):
+        image_stol_profile(img, AmorphousSample(StolTable(*TAB)), det, Beam(BeamConfig()))
     # with nothing requiring grad the numba backend is the torch path's result
     a = amorphous_image(AmorphousSample(StolTable(*TAB)), det, Beam(BeamConfig()), backend="numba")
     b = amorphous_image(AmorphousSample(StolTable(*TAB)), det, Beam(BeamConfig()), backend="torch")

@@ -259,6 +259,9 @@ def fit_table(f: NonBraggFlags, m, say) -> bytes:
     from ..models.amorphous import image_stol_profile
     img = f.img
     invalid = img.invalid
+    if not np.all(np.isfinite(img.pixels)):        # a float NeXus image's NaN: no F from it
+        bad = ~np.isfinite(img.pixels)
+        invalid = bad if invalid is None else (invalid | bad)
     if f.ignore_values:
         ign = np.asarray(f.ignore_values, dtype=np.float64)
         if img.fmt == "smv":           # the C keeps them as unsigned shorts

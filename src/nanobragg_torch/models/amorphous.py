@@ -206,6 +206,13 @@ class AmorphousSample(torch.nn.Module):
         return amorphous_image(self, detector, beam, **kw)
 
 
+def _no_grad_arg(func: str, name: str, value) -> None:
+    """One-line refusal of a tensor that requires grad where the value cannot carry a gradient."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise ValueError(f"{func}: {name} cannot carry a gradient (it is a count or a fixed input); "
+                         f"pass a plain number or a detached tensor")
+
+
 def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
 
@@ -232,6 +239,7 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     autograd, returns float32) or "auto" (numba on the CPU when nothing
     requires grad).
     """
+    _no_grad_arg("amorphous_image", "oversample", oversample)
     dev = device if device is not None else detector.device
     cfg = detector.settings
     src = beam.sources(dtype, dev)
@@ -393,6 +401,8 @@ def image_structure_factors(image, sample: AmorphousSample, detector, beam, *, o
     sqrt(steps) times too large when there are several sources or sub-pixels.
     Returns ``(F float32 numpy (S, F), stol float64 numpy (S, F) in 1/A)``.
     """
+    for name, v in (("image", image), ("oversample", oversample), ("adc", adc), ("gain", gain)):
+        _no_grad_arg("image_structure_factors", name, v)
     img = np.asarray(image)
     cfg = detector.settings
     if img.shape != (cfg.spixels, cfg.fpixels):
@@ -437,6 +447,8 @@ def image_stol_profile(image, sample: AmorphousSample, detector, beam, *, oversa
     line's: no (S, F, 3) temporaries; the same numbers).
     """
     from ..physics.amorphous_kernel import bin_mean_rmsd, fit_pixels
+    for name, v in (("image", image), ("oversample", oversample), ("adc", adc), ("gain", gain)):
+        _no_grad_arg("image_stol_profile", name, v)
     knots = np.asarray(sample.table.stol, dtype=np.float64) * 1e10
     nk = knots.size
     cfg = detector.settings
