@@ -1,6 +1,4 @@
-"""``python -m nanobragg_torch``: the nanoBragg command line."""
-import sys
+"""``python -m nanobragg_torch``: the nanoBragg command line (as the ``nanoBragg`` console script)."""
+from ._console import nanoBragg
 
-from .cli.main import main
-
-sys.exit(main())
+nanoBragg()

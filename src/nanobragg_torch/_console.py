@@ -59,7 +59,7 @@ def run_console(main: Callable[[], int], fast_exit: bool = False) -> None:
 
 def nanoBragg() -> None:
     from .cli.main import main
-    run_console(main)
+    run_console(main, fast_exit=True)      # every file is written and closed when main returns
 
 
 def nb_compare() -> None:
