@@ -537,8 +537,8 @@ def test_c_noise_kernel_equals_the_numba_kernel():
     lib = cnoise.load()
     if lib is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"the C noise kernel did not build in CI: {cnoise._error}")
-        pytest.skip(f"no C noise kernel: {cnoise._error}")
+            pytest.fail(f"the C noise kernel did not build in CI: {cnoise.error()}")
+        pytest.skip(f"no C noise kernel: {cnoise.error()}")
     R.enable_jit()
     gen = np.random.default_rng(5)
     img = np.concatenate([gen.uniform(0, 3, 300), gen.uniform(5, 40, 300), gen.uniform(1e3, 1e5, 100),

@@ -11,8 +11,6 @@ only; the torch path (:func:`nanobragg_torch.models.amorphous.amorphous_image`,
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
 from typing import Optional
 
 import numpy as np
@@ -24,11 +22,6 @@ _SOURCES = ("camorphous.c",)
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
          "-pthread")
 ABI_VERSION = 1
-
-_lock = threading.Lock()
-_lib = None
-_error: Optional[str] = None
-build_seconds: Optional[float] = None     # compile time of this process's build (None: loaded from cache)
 
 _D3 = ctypes.c_double * 3
 
@@ -50,43 +43,30 @@ class _Params(ctypes.Structure):
     ]
 
 
+def _declare(lib) -> None:
+    lib.nb_amorphous_render.argtypes = [ctypes.POINTER(_Params), ctypes.c_int]
+    lib.nb_amorphous_render.restype = ctypes.c_int
+    i64, d, p = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+    lib.nb_amorphous_outputs.argtypes = [p, i64, i64, i64, i64, i64, i64, d, d, d, p, p, p]
+    lib.nb_amorphous_outputs.restype = None
+
+
+LIBRARY = cbuild.Library("camorphous", _SOURCES, FLAGS, ABI_VERSION, "amorphous-scattering kernel",
+                         "NANOBRAGG_TORCH_NO_CAMORPHOUS", "nb_amorphous_abi", _declare)
+
+
 def load():
     """The loaded library, or None (no compiler, a failed build, or NANOBRAGG_TORCH_NO_CAMORPHOUS set)."""
-    global _lib, _error, build_seconds
-    with _lock:
-        if _lib is not None or _error is not None:
-            return _lib
-        if os.environ.get("NANOBRAGG_TORCH_NO_CAMORPHOUS"):
-            _error = "disabled by NANOBRAGG_TORCH_NO_CAMORPHOUS"
-            return None
-        try:
-            path, seconds = cbuild.build_library("camorphous", _SOURCES, FLAGS, ABI_VERSION,
-                                                 "amorphous-scattering kernel")
-            build_seconds = seconds
-            lib = ctypes.CDLL(str(path))
-            if lib.nb_amorphous_abi() != ABI_VERSION:
-                raise RuntimeError("cached amorphous kernel has another ABI version")
-            lib.nb_amorphous_render.argtypes = [ctypes.POINTER(_Params), ctypes.c_int]
-            lib.nb_amorphous_render.restype = ctypes.c_int
-            i64, d, p = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
-            lib.nb_amorphous_outputs.argtypes = [p, i64, i64, i64, i64, i64, i64, d, d, d, p, p, p]
-            lib.nb_amorphous_outputs.restype = None
-            _lib = lib
-        except (OSError, RuntimeError, AttributeError) as exc:
-            _error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return _lib
+    return LIBRARY.load()
 
 
 def error() -> Optional[str]:
     """Why :func:`load` returned None (None when it did not, or was not called)."""
-    return _error
+    return LIBRARY.error
 
 
 def _reset_for_tests():
-    global _lib, _error
-    with _lock:
-        _lib = None
-        _error = None
+    LIBRARY.reset()
 
 
 def _f64(a) -> np.ndarray:

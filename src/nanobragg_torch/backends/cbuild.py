@@ -102,3 +102,46 @@ def note_fallback(what: str, reason: Optional[str], instead: str) -> None:
     if msg not in _noted:
         _noted.add(msg)
         print(msg, file=sys.stderr, flush=True)
+
+
+class Library:
+    """One of the package's small C libraries (``cio``, ``cnoise``, ``camorphous``): built into the
+    cache on first use, loaded once per process (thread-safe), switched off by an environment
+    variable.  ``declare(lib)`` sets the ctypes signatures; ``abi_symbol`` names the function that
+    returns the library's ABI version, which must equal ``abi``.  :meth:`load` returns the
+    library or None, :attr:`error` says why not."""
+
+    def __init__(self, stem: str, sources: Sequence[str], flags: Sequence[str], abi: int, what: str,
+                 disable_env: str, abi_symbol: str, declare):
+        import threading
+        self.stem, self.sources, self.flags, self.abi, self.what = stem, tuple(sources), tuple(flags), abi, what
+        self.disable_env, self.abi_symbol, self.declare = disable_env, abi_symbol, declare
+        self._lock = threading.Lock()
+        self._lib = None
+        self.error: Optional[str] = None
+        self.build_seconds: Optional[float] = None     # this process's compile time (None: from the cache)
+
+    def load(self):
+        import ctypes
+        with self._lock:
+            if self._lib is not None or self.error is not None:
+                return self._lib
+            if os.environ.get(self.disable_env):
+                self.error = f"disabled by {self.disable_env}"
+                return None
+            try:
+                path, self.build_seconds = build_library(self.stem, self.sources, self.flags, self.abi, self.what)
+                lib = ctypes.CDLL(str(path))
+                if getattr(lib, self.abi_symbol)() != self.abi:
+                    raise RuntimeError(f"cached {self.what} has another ABI version")
+                self.declare(lib)
+                self._lib = lib
+            except (OSError, RuntimeError, AttributeError) as exc:
+                self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return self._lib
+
+    def reset(self) -> None:
+        """Forget the loaded library and any error (tests that simulate a missing compiler)."""
+        with self._lock:
+            self._lib = None
+            self.error = None

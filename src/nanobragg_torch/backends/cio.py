@@ -8,8 +8,6 @@ input leaves the simple case (see ``cio.c``).  ctypes releases the GIL during a 
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
 from typing import Optional, Tuple
 
 import numpy as np
@@ -20,38 +18,25 @@ _SOURCES = ("cio.c",)
 FLAGS = ("-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math")
 ABI_VERSION = 1
 
-_lock = threading.Lock()
-_lib = None
-_error: Optional[str] = None
+def _declare(lib) -> None:
+    p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_double
+    lib.nb_parse_table.argtypes = [p, i64, p, i32, i32, i32, p, p, p, i64]
+    lib.nb_parse_table.restype = i64
+    lib.nb_image_stats.argtypes = [p, i64, p]
+    lib.nb_image_stats.restype = i64
+    lib.nb_int_image.argtypes = [p, i64, i64, i64, i64, i64, i64, f64, f64, p]
+    lib.nb_int_image.restype = None
+    lib.nb_pgm_image.argtypes = [p, i64, i64, i64, i64, i64, i64, f64, p]
+    lib.nb_pgm_image.restype = None
+
+
+LIBRARY = cbuild.Library("cio", _SOURCES, FLAGS, ABI_VERSION, "reader/writer fast paths",
+                         "NANOBRAGG_TORCH_NO_CIO", "nb_cio_abi", _declare)
 
 
 def load():
     """The loaded library, or None (no compiler, a failed build, or NANOBRAGG_TORCH_NO_CIO set)."""
-    global _lib, _error
-    with _lock:
-        if _lib is not None or _error is not None:
-            return _lib
-        if os.environ.get("NANOBRAGG_TORCH_NO_CIO"):
-            _error = "disabled by NANOBRAGG_TORCH_NO_CIO"
-            return None
-        try:
-            path, _ = cbuild.build_library("cio", _SOURCES, FLAGS, ABI_VERSION, "reader/writer fast paths")
-            lib = ctypes.CDLL(str(path))
-            if lib.nb_cio_abi() != ABI_VERSION:
-                raise RuntimeError("cached reader/writer library has another ABI version")
-            p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_double
-            lib.nb_parse_table.argtypes = [p, i64, p, i32, i32, i32, p, p, p, i64]
-            lib.nb_parse_table.restype = i64
-            lib.nb_image_stats.argtypes = [p, i64, p]
-            lib.nb_image_stats.restype = i64
-            lib.nb_int_image.argtypes = [p, i64, i64, i64, i64, i64, i64, f64, f64, p]
-            lib.nb_int_image.restype = None
-            lib.nb_pgm_image.argtypes = [p, i64, i64, i64, i64, i64, i64, f64, p]
-            lib.nb_pgm_image.restype = None
-            _lib = lib
-        except (OSError, RuntimeError) as exc:
-            _error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return _lib
+    return LIBRARY.load()
 
 
 def _ptr(a: np.ndarray):

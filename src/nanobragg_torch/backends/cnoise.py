@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 from typing import Optional, Tuple
 
 import numpy as np
@@ -27,11 +26,6 @@ _SOURCES = ("cnoise.c",)
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-pthread")
 ABI_VERSION = 2
 
-_lock = threading.Lock()
-_lib = None
-_error: Optional[str] = None
-build_seconds: Optional[float] = None     # compile time of this process's build (None: loaded from cache)
-
 
 def threads() -> int:
     """CPU threads the kernels may use (the process's CPU affinity)."""
@@ -41,54 +35,42 @@ def threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _declare(lib) -> None:
+    p = ctypes.c_void_p
+    i64 = ctypes.c_int64
+    d = ctypes.c_double
+    c_int = ctypes.c_int
+    lib.nb_noise.argtypes = [p, i64, i64, i64, i64, i64, i64, d, p, p, p, p, p, c_int]
+    lib.nb_noise.restype = d
+    lib.nb_photon_noise.argtypes = [p, i64, d, d, p, p, p, p, p, c_int]
+    lib.nb_photon_noise.restype = d
+    lib.nb_adu_ints.argtypes = [p, c_int, i64, d, d, c_int, c_int, p, p, p]
+    lib.nb_adu_ints.restype = i64
+    lib.nb_readout.argtypes = [p, i64, d, d, d, c_int, p, p, p, p, p, p]
+    lib.nb_readout.restype = d
+    lib.nb_psf_kernel.argtypes = [c_int, d, d, i64, p]
+    lib.nb_psf_kernel.restype = None
+    lib.nb_psf.argtypes = [p, i64, i64, c_int, d, d, i64, i64, c_int, p, p, c_int]
+    lib.nb_psf.restype = d
+
+
+LIBRARY = cbuild.Library("cnoise", _SOURCES, FLAGS, ABI_VERSION, "noise kernel", "NANOBRAGG_TORCH_NO_CNOISE",
+                         "nb_noise_abi", _declare)
+
+
 def load():
     """The loaded library, or None (no compiler, a failed build, or NANOBRAGG_TORCH_NO_CNOISE set)."""
-    global _lib, _error, build_seconds
-    with _lock:
-        if _lib is not None or _error is not None:
-            return _lib
-        if os.environ.get("NANOBRAGG_TORCH_NO_CNOISE"):
-            _error = "disabled by NANOBRAGG_TORCH_NO_CNOISE"
-            return None
-        try:
-            path, seconds = cbuild.build_library("cnoise", _SOURCES, FLAGS, ABI_VERSION, "noise kernel")
-            build_seconds = seconds
-            lib = ctypes.CDLL(str(path))
-            if lib.nb_noise_abi() != ABI_VERSION:
-                raise RuntimeError("cached noise kernel has another ABI version")
-            p = ctypes.c_void_p
-            i64 = ctypes.c_int64
-            d = ctypes.c_double
-            c_int = ctypes.c_int
-            lib.nb_noise.argtypes = [p, i64, i64, i64, i64, i64, i64, d, p, p, p, p, p, c_int]
-            lib.nb_noise.restype = d
-            lib.nb_photon_noise.argtypes = [p, i64, d, d, p, p, p, p, p, c_int]
-            lib.nb_photon_noise.restype = d
-            lib.nb_adu_ints.argtypes = [p, c_int, i64, d, d, c_int, c_int, p, p, p]
-            lib.nb_adu_ints.restype = i64
-            lib.nb_readout.argtypes = [p, i64, d, d, d, c_int, p, p, p, p, p, p]
-            lib.nb_readout.restype = d
-            lib.nb_psf_kernel.argtypes = [c_int, d, d, i64, p]
-            lib.nb_psf_kernel.restype = None
-            lib.nb_psf.argtypes = [p, i64, i64, c_int, d, d, i64, i64, c_int, p, p, c_int]
-            lib.nb_psf.restype = d
-            _lib = lib
-        except (OSError, RuntimeError, AttributeError) as exc:
-            _error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return _lib
+    return LIBRARY.load()
 
 
 def error() -> Optional[str]:
     """Why :func:`load` returned None (None when it did not, or was not called)."""
-    return _error
+    return LIBRARY.error
 
 
 def _reset_for_tests():
     """Forget the loaded library and any error (tests that simulate a missing compiler)."""
-    global _lib, _error
-    with _lock:
-        _lib = None
-        _error = None
+    LIBRARY.reset()
 
 
 def _ptr(a: Optional[np.ndarray]):
