@@ -171,14 +171,16 @@ def pilatus_header(meta: dict, count_cutoff: int) -> str:
     return "\r\n".join(lines)
 
 
-def write_cbf(path: str, image: np.ndarray, meta: dict) -> None:
-    """Write ``image`` (slow, fast) as a byte-offset mini-CBF file, atomically.
+def write_cbf(path: str, image: np.ndarray, meta: dict, full: Optional[bool] = None) -> None:
+    """Write ``image`` (slow, fast) as a byte-offset CBF file, atomically.
 
-    Prints one line on stderr (once per distinct reason) when the mini-CBF
-    header cannot describe the geometry (see :func:`mini_cbf_geometry_problem`).
+    ``full=None`` (the default) writes a Pilatus-style mini-CBF where its header
+    describes the geometry (a detector facing the beam, fast axis along the
+    spindle: see :func:`mini_cbf_geometry_problem`), and a full imgCIF file
+    (:mod:`.cbf_full`: every axis stated) for any other detector.  ``full=True``
+    or ``False`` forces one kind.  A mini-CBF of a geometry it cannot describe
+    prints one line on stderr (once per distinct reason).
     """
-    from fabio.cbfimage import CbfImage
-
     from .formats import atomic_path
 
     img = np.asarray(image)
@@ -187,6 +189,17 @@ def write_cbf(path: str, image: np.ndarray, meta: dict) -> None:
         else INT32_MAX
     S, F = counts.shape
     problem = mini_cbf_geometry_problem(meta)
+    describable = all(k in meta for k in ("fdet", "sdet", "beam_vector", "pix0_m", "pixel_size_m",
+                                          "wavelength_m", "fpixels", "spixels"))
+    if full is None:
+        full = bool(problem) and describable
+    if full:
+        if not describable:
+            raise ValueError(f"{path}: a full CBF needs the detector vectors, pixel size and wavelength")
+        from .cbf_full import write_full_cbf
+        write_full_cbf(path, counts, meta, cutoff)
+        return
+    from fabio.cbfimage import CbfImage
     if problem and problem not in _warned:
         _warned.add(problem)
         where = ("hold the C program's beam centre and distance" if meta.get("c_beam", {}).get("no_beam_spot")
