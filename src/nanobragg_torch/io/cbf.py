@@ -178,7 +178,8 @@ def write_cbf(path: str, image: np.ndarray, meta: dict, full: Optional[bool] = N
     describes the geometry (a detector facing the beam, fast axis along the
     spindle: see :func:`mini_cbf_geometry_problem`), and a full imgCIF file
     (:mod:`.cbf_full`: every axis stated) for any other detector.  ``full=True``
-    or ``False`` forces one kind.  A mini-CBF of a geometry it cannot describe
+    or ``False`` (or ``meta["cbf_full"]``, which :func:`..formats.write_image`
+    passes on) forces one kind.  A mini-CBF of a geometry it cannot describe
     prints one line on stderr (once per distinct reason).
     """
     from .formats import atomic_path
@@ -191,6 +192,8 @@ def write_cbf(path: str, image: np.ndarray, meta: dict, full: Optional[bool] = N
     problem = mini_cbf_geometry_problem(meta)
     describable = all(k in meta for k in ("fdet", "sdet", "beam_vector", "pix0_m", "pixel_size_m",
                                           "wavelength_m", "fpixels", "spixels"))
+    if full is None:
+        full = meta.get("cbf_full")
     if full is None:
         full = bool(problem) and describable
     if full:
