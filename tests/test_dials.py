@@ -31,6 +31,8 @@ GEOMETRIES = {
     "xds_rotated": "-xds -distance 120 -pixel 0.1 -detpixels_f 96 -detpixels_s 64 -ORGX 40 -ORGY 30 "
                    "-detector_rotx 4 -detector_roty -3 -detector_rotz 1 -twotheta 15",
 }
+#: the geometries a mini-CBF cannot describe: written as full imgCIF
+FULL_CBF = {"tilted", "xds_rotated"}
 
 
 def need_dials():
@@ -111,17 +113,29 @@ def test_dials_import_puts_the_beam_where_it_hits(imported, name, fmt):
     assert panel["pixel_size"] == pytest.approx([px * 1e3, px * 1e3])
     assert beam["wavelength"] == pytest.approx(1.0)
     assert scan["oscillation"] == pytest.approx([5.0, 1.0])
-    assert panel["px_mm_strategy"]["type"] in ("SimplePxMmStrategy", "ParallaxCorrectedPxMmStrategy")
-    assert panel["thickness"] == pytest.approx(1e-6)    # the 1 nm written for "no thickness", in mm
+    if fmt == "cbf" and name in FULL_CBF:
+        # a full imgCIF file: dxtbx's FormatCBFFull reads the sensor as "unknown", no parallax
+        assert panel["px_mm_strategy"]["type"] == "SimplePxMmStrategy" and panel["thickness"] == 0
+    else:
+        assert panel["px_mm_strategy"]["type"] in ("SimplePxMmStrategy", "ParallaxCorrectedPxMmStrategy")
+        assert panel["thickness"] == pytest.approx(1e-6)    # the 1 nm written for "no thickness", in mm
 
 
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
-def test_dials_import_of_nexus_has_the_engine_pixel_positions(imported, name):
-    """The full geometry (tilts, two-theta, XDS axes) of the NeXus file: dxtbx's position of every
-    corner pixel equals the renderer's, and its rotation axis is the spindle."""
-    (beam, panel, gonio, scan), prep, meta, d = imported[name, "nxs"]
-    with h5py.File(d / f"{name}_001.nxs", "r") as fh:
-        R = fh["/entry/nanobragg/lab_to_mcstas"][()]
+@pytest.mark.parametrize("fmt", ["cbf", "nxs"])
+def test_dials_import_has_the_engine_pixel_positions(imported, name, fmt):
+    """The full geometry (tilts, two-theta, XDS axes) of the NeXus file and of the CBF (a mini-CBF for
+    the detectors facing the beam, a full imgCIF file for the others): dxtbx's position of every
+    corner pixel equals the renderer's, its rotation axis is the spindle and its beam the beam."""
+    (beam, panel, gonio, scan), prep, meta, d = imported[name, fmt]
+    if fmt == "nxs":
+        with h5py.File(d / f"{name}_001.nxs", "r") as fh:
+            R = fh["/entry/nanobragg/lab_to_mcstas"][()]
+    else:
+        from nanobragg_torch.io.formats import lab_to_mcstas
+        R = lab_to_mcstas(meta["beam_vector"])
+        head = (d / f"{name}_001.cbf").read_bytes()[:4096]
+        assert (b"_diffrn.id" in head) == (name in FULL_CBF)
     to_lab = R.T @ IMGCIF_FROM_MCSTAS                   # dxtbx (imgCIF) frame -> nanoBragg lab frame
     g = prep.geometry
     pix0, f, s = (np.asarray(v.numpy()) for v in (g.pix0, g.fdet, g.sdet))
@@ -133,7 +147,9 @@ def test_dials_import_of_nexus_has_the_engine_pixel_positions(imported, name):
         ours = pix0 + (i + 0.5) * px * f + (j + 0.5) * px * s
         theirs = to_lab @ (o + (i + 0.5) * pmm * fa + (j + 0.5) * pmm * sa) * 1e-3
         assert np.allclose(theirs, ours, atol=1e-9), (i, j, theirs, ours)
-    assert np.allclose(to_lab @ np.array(gonio["rotation_axis"]), meta["spindle_axis"], atol=1e-9)
+    # a single-axis goniometer (mini-CBF, NeXus) or imgCIF's multi-axis one with its scan axis (full CBF)
+    axis = gonio["rotation_axis"] if "rotation_axis" in gonio else gonio["axes"][gonio["scan_axis"]]
+    assert np.allclose(to_lab @ np.array(axis), meta["spindle_axis"], atol=1e-9)
     assert np.allclose(to_lab @ -np.array(beam["direction"]), meta["beam_vector"], atol=1e-9)
 
 

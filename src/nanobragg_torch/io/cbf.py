@@ -1,4 +1,4 @@
-"""CBF (mini-CBF) images through fabio, with a Pilatus-style header; writer and reader.
+"""CBF images: mini-CBF through fabio with a Pilatus-style header (full imgCIF: :mod:`.cbf_full`); writer and reader.
 
 The pixels are stored as signed 32-bit integers with the byte-offset
 compression every CBF reader understands (fabio, DIALS/dxtbx, XDS, adxv,
@@ -18,9 +18,11 @@ pixels from the outer corner of the first pixel (fast, slow);
 ``Detector_distance`` is the sample-to-detector distance along the beam to
 that point.  A mini-CBF describes a detector facing the beam, its fast axis
 along the spindle and (fast x slow) along the beam (the frame dxtbx builds
-from it); for any other geometry the file keeps these nearest faithful values,
-:func:`write_cbf` prints a one-line warning on stderr, and the exact geometry
-is in the ``# nanoBragg_...`` lines (and in a NeXus file).
+from it); for any other geometry :func:`write_cbf` writes a full imgCIF file
+instead (:mod:`.cbf_full`, every axis stated).  A mini-CBF forced on such a
+geometry keeps these nearest faithful values, :func:`write_cbf` prints a
+one-line warning on stderr, and the exact geometry is in the
+``# nanoBragg_...`` lines (and in a NeXus file).
 
 Sensor thickness: ``# Silicon sensor, thickness T m`` holds the simulation's
 ``-detector_thick``.  With no thickness in the simulation (the default) it

@@ -191,18 +191,15 @@ def full_cbf_text(meta: dict, count_cutoff: int, name: str = "image_1") -> str:
     return "\r\n".join(parts)
 
 
-def write_full_cbf(path: str, counts: np.ndarray, meta: dict, count_cutoff: int) -> None:
-    """Write int32 ``counts`` (slow, fast) as a full imgCIF file with byte-offset pixels, atomically."""
+def _binary_section(counts: np.ndarray) -> bytes:
+    """``_array_data.data``'s value: the MIME-headed, byte-offset compressed pixels between ';' lines."""
     from fabio.compression import compByteOffset
-
-    from .formats import atomic_path
-    counts = np.ascontiguousarray(counts, dtype=np.int32)
     S, F = counts.shape
     blob = compByteOffset(counts)
     if isinstance(blob, np.ndarray):
         blob = blob.tobytes()
     digest = base64.b64encode(hashlib.md5(blob).digest())
-    binary = b"\r\n".join([
+    return b"\r\n".join([
         b";",
         b"--CIF-BINARY-FORMAT-SECTION--",
         b"Content-Type: application/octet-stream;",
@@ -223,6 +220,13 @@ def write_full_cbf(path: str, counts: np.ndarray, meta: dict, count_cutoff: int)
         b";",
         b"",
     ])
+
+
+def write_full_cbf(path: str, counts: np.ndarray, meta: dict, count_cutoff: int) -> None:
+    """Write int32 ``counts`` (slow, fast) as a full imgCIF file with byte-offset pixels, atomically."""
+    from .formats import atomic_path
+    counts = np.ascontiguousarray(counts, dtype=np.int32)
     text = full_cbf_text(meta, count_cutoff).encode("ascii")
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(text + binary)
+        fh.write(text)
+        fh.write(_binary_section(counts))
