@@ -25,9 +25,9 @@ one-line warning on stderr, and the exact geometry is in the
 ``# nanoBragg_...`` lines (and in a NeXus file).
 
 Sensor thickness: ``# Silicon sensor, thickness T m`` holds the simulation's
-``-detector_thick``.  With no thickness in the simulation (the default) it
-holds 1e-09 m (:data:`.nexus.NO_THICKNESS_M`): dxtbx then reads a pixel-array
-sensor (as the NeXus file says), and the parallax correction it always applies
+``-detector_thick`` (fixed-point, no exponent).  With no thickness in the
+simulation (the default) it holds 0.000000001 m (:data:`.nexus.NO_THICKNESS_M`):
+dxtbx then reads a pixel-array sensor (as the NeXus file says), and the parallax correction it always applies
 to silicon (which asserts a thickness > 0) moves no spot by more than 1e-5
 pixel.  The reader (:func:`cbf_geometry`) gives that value back as 0.
 """
@@ -135,7 +135,9 @@ def pilatus_header(meta: dict, count_cutoff: int) -> str:
         lines.append(f"# Pixel_size {_g(px)} m x {_g(px)} m")
     from .nexus import NO_THICKNESS_M
     thick = float(meta.get("sensor_thickness_m", 0.0))
-    lines.append(f"# Silicon sensor, thickness {thick if thick > 0.0 else NO_THICKNESS_M:.9g} m")
+    # fixed-point, never an exponent: dxtbx's FormatCBFFullPilatus reads the number with [0-9.]+
+    thick_text = ("%.12f" % (thick if thick > 0.0 else NO_THICKNESS_M)).rstrip("0").rstrip(".")
+    lines.append(f"# Silicon sensor, thickness {thick_text} m")
     exposure = float(meta.get("exposure_s", 1.0))
     lines.append(f"# Exposure_time {_g(exposure)} s")
     lines.append(f"# Exposure_period {_g(exposure)} s")

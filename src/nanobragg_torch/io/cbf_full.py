@@ -43,9 +43,12 @@ The pixel positions are exact: pixel (f, s) has its centre at
 ``DETECTOR_Z + ELEMENT_X offset + (f + 0.5) px fast + (s + 0.5) px slow``,
 the renderer's ``pix0 + (f + 0.5) px fdet + (s + 0.5) px sdet``
 (tests/test_dials.py checks the corner pixels through ``dials.import``).
-dxtbx reads a full CBF's sensor as "unknown" (no parallax correction, no
-thickness), whatever the file says; the sensor thickness is in the header
-lines.
+For an image of whole Pilatus modules ``_array_data.header_convention`` is
+``PILATUS_1.2``, and dxtbx reads the file with ``FormatCBFFullPilatus`` (a
+pixel-array sensor, thickness from the ``# Silicon sensor`` line, the module
+gaps masked); any other size goes to ``FormatCBFFullByteOffset``, which reads
+the sensor as "unknown" (no parallax correction, no thickness) whatever the
+file says.
 """
 from __future__ import annotations
 
@@ -94,7 +97,7 @@ def _quoted(text: str) -> str:
 
 def full_cbf_text(meta: dict, count_cutoff: int, name: str = "image_1") -> str:
     """The imgCIF text of a full CBF for ``meta`` (:func:`..formats.frame_metadata`), up to the binary data."""
-    from .cbf import _timestamp, pilatus_header
+    from .cbf import _timestamp, pilatus_header, pilatus_tiles
     R = lab_to_imgcif(meta["beam_vector"])
     px_m = float(meta["pixel_size_m"])
     px = px_m * 1e3                                           # mm
@@ -186,8 +189,14 @@ def full_cbf_text(meta: dict, count_cutoff: int, name: str = "image_1") -> str:
     parts.append(_items("array_structure", [("id", "ARRAY1"), ("encoding_type", _quoted("signed 32-bit integer")),
                                             ("compression_type", "byte_offset"), ("byte_order", "little_endian")]))
     header = pilatus_header(meta, count_cutoff).replace("\r\n", "\n").replace("\n", "\r\n")
-    parts.append("\r\n".join(["", "_array_data.array_id ARRAY1", "_array_data.binary_id 1",
-                              "_array_data.header_contents", ";", header, ";", "_array_data.data", ""]))
+    data = ["", "_array_data.array_id ARRAY1", "_array_data.binary_id 1"]
+    if pilatus_tiles(F, S):
+        # a whole number of Pilatus modules: dxtbx's FormatCBFFullPilatus reads the file (a pixel-array
+        # sensor with its thickness from the header lines, the module gaps masked, as for a mini-CBF
+        # of this size); other sizes go to FormatCBFFullByteOffset, whose sensor is "unknown"
+        data.append("_array_data.header_convention PILATUS_1.2")
+    data += ["_array_data.header_contents", ";", header, ";", "_array_data.data", ""]
+    parts.append("\r\n".join(data))
     return "\r\n".join(parts)
 
 
