@@ -9,6 +9,8 @@ if [ ! -x "$VENV/bin/nanoBragg" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e .
+  # byte-compile the package as a regular pip install does (see scripts/run_tests.sh)
+  "$VENV/bin/python" -m compileall -q src/nanobragg_torch >/dev/null
 fi
 mkdir -p example
 cd example

@@ -10,6 +10,9 @@ python3 -m venv "$VENV"
 # the CPU build of torch pinned here; the package itself accepts torch>=2.3
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
+# byte-compile the package as a regular pip install does (an editable install leaves it to the
+# first import, and none is written when PYTHONDONTWRITEBYTECODE is set)
+"$VENV/bin/python" -m compileall -q src/nanobragg_torch >/dev/null
 # the fused CPU kernel is compiled with the system C compiler on first use; its tests need one
 if ! command -v "${CC:-cc}" >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

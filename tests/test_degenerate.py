@@ -154,6 +154,9 @@ def test_overflow_of_the_float_image_is_refused(tmp_path):
     # a subnormal rotation leaves the beam exactly in the detector plane
     ("-close_distance 70 -detector_rotx 0 -detector_roty 0 -detector_rotz 2.22507e-308 -beam_vector 0 1 0",
      "parallel to the detector plane"),
+    # a subnormal beam . normal: the distance close_distance / cos overflows; the oversampling
+    # recommendation divided by it (NaN -> int: an internal error) before the geometry check ran
+    ("-close_distance 5 -Xbeam 0 -Ybeam 0 -beam_vector 4.94066e-324 1 0", "parallel to the detector plane"),
 ])
 def test_fuzz_found_degenerate_frames_are_refused(tmp_path, flags, message):
     rc, err = _main(tmp_path, "-cell 20 20 20 70 70 70 -N 0 -hkl legal.hkl -lambda 1 -detpixels_f 1 "

@@ -149,3 +149,38 @@ def test_png_default_shows_the_spots(case):
     assert np.all(grey.reshape(-1)[order[-20:]] >= 200), top           # the spots' peaks are bright
     background = img < img.mean()
     assert np.mean(grey[background] < 32) > 0.95                         # between spots it is dark
+
+
+def test_dataset_names_every_missing_package_in_one_line(tmp_path, monkeypatch, capsys):
+    """nanobragg-dataset: the frame format's writer, gemmi for an MTZ and Dask for a cluster, all
+    in one line with the extras that install them; exit 2 and no folder made."""
+    import importlib.util
+    from nanobragg_torch.dataset.cli import main as dataset_main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("fabio", "gemmi", "distributed") else real(name, *a))
+    exp = tmp_path / "e.toml"
+    exp.write_text('[setup]\nflags = "-cell 50 50 50 90 90 90 -hkl x.mtz -N 2 -detpixels 8 -distance 100"\n'
+                   '[rotation]\nstart = 0\nosc = 0.1\nframes = 2\n[output]\nformat = "cbf"\n')
+    rc = dataset_main([str(exp), str(tmp_path / "out"), "--local-cluster", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "'fabio', 'gemmi' and 'distributed' packages" in err
+    assert "pip install 'nanobragg-torch[cluster,formats]'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_reader_and_writer_packages_missing_together(tmp_path, monkeypatch):
+    """-hkl x.mtz without gemmi and -intfile i.cbf without fabio: one line names both, before
+    any input is read (the MTZ file does not even exist)."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("fabio", "gemmi") else real(name, *a))
+    argv = ["-cell", "50", "50", "50", "90", "90", "90", "-hkl", "x.mtz", "-N", "2", "-detpixels", "8",
+            "-distance", "100", "-intfile", "i.cbf", "-nopgm", "-nonoise"]
+    rc, out, err = _main(tmp_path, argv)
+    assert rc == 2 and err.count("\n") == 1, err
+    for word in ("-intfile i.cbf", "-hkl x.mtz", "'fabio' and 'gemmi' packages", "nanobragg-torch[formats]"):
+        assert word in err, (word, err)
+    assert list(tmp_path.iterdir()) == []

@@ -54,9 +54,14 @@ def setup_from_args(args: Union[str, Sequence[str]], cwd: str = ".", now: Option
     ``now``: the clock (s) the C program's default seeds come from (None: the time now).
     """
     from .cli.flags import parse_flags
-    from .cli.resolve import build_setup
     argv = shlex.split(args) if isinstance(args, str) else list(args)
-    return build_setup(parse_flags(argv), cwd=cwd, now=now)
+    return setup_from_flags(parse_flags(argv), cwd=cwd, now=now)
+
+
+def setup_from_flags(flags, cwd: str = ".", now: Optional[int] = None):
+    """The set-up for parsed flags (:func:`nanobragg_torch.cli.flags.parse_flags`): reads the input files."""
+    from .cli.resolve import build_setup
+    return build_setup(flags, cwd=cwd, now=now)
 
 
 # ---------------------------------------------------------------------------
@@ -178,6 +183,12 @@ def image_statistics(img: np.ndarray, rendered: np.ndarray, roi) -> ImageStats:
     """
     flat = img.reshape(-1)
     everything = len(rendered) == flat.size      # rendered holds each index once, ascending
+    x0, x1, y0, y1 = roi
+    if everything and (x0, y0) <= (0, 0) and x1 >= img.shape[1] - 1 and y1 >= img.shape[0] - 1:
+        from .backends import cio
+        fast = cio.image_stats(np.ascontiguousarray(img))   # one C pass in raster order, as the C sums
+        if fast is not None:
+            return ImageStats(*fast)
     vals = flat.astype(np.float64) if everything else flat[rendered].astype(np.float64)
     n = len(vals)
     imax, max_I = None, 0.0
@@ -192,7 +203,6 @@ def image_statistics(img: np.ndarray, rendered: np.ndarray, roi) -> ImageStats:
     if sumn <= 1:
         sumn = 2
     rms = math.sqrt(float((vals * vals).sum()) / (sumn - 1))
-    x0, x1, y0, y1 = roi
     window = img[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
     # the same pixels in the same order when the ROI is the whole image and all were rendered
     roi_vals = vals if (everything and window.size == flat.size) else window.astype(np.float64).reshape(-1)

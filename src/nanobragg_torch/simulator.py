@@ -145,7 +145,10 @@ def prepare(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
     xtalsize_max = max(sizes)
     pixel_size = det.plain("pixel_size")
     recip_pixel = bm.plain("wavelength") * to_float(geo.distance) / pixel_size
-    recommended = int(math.ceil(3.0 * xtalsize_max / recip_pixel)) if recip_pixel != 0 else 1
+    # a non-finite distance (a beam all but parallel to the detector plane) is refused by the
+    # geometry check that follows (pipeline.check_work); the recommendation must not fail first
+    ok = recip_pixel != 0 and math.isfinite(recip_pixel) and math.isfinite(xtalsize_max)
+    recommended = int(math.ceil(3.0 * xtalsize_max / recip_pixel)) if ok else 1
     if recommended <= 0:
         recommended = 1
     oversample = det.settings.oversample if det.settings.oversample > 0 else recommended

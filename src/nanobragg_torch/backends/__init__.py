@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import torch
+# torch is imported where a backend is chosen, not here: the package's torch-free helpers
+# (cbuild, cio: the readers' and writers' C fast paths) run before torch is loaded
 
 BACKENDS = ("auto", "torch", "fused", "compile")
 AUTO_ORDER = ("fused", "torch")
@@ -40,7 +41,12 @@ class Request:
     """What the caller asks of a render, beside the problem itself."""
     needs_grad: bool = False
     device: str = "cpu"
-    dtype: torch.dtype = torch.float64
+    dtype: Any = None                 # torch.dtype; None: torch.float64
+
+    def __post_init__(self):
+        if self.dtype is None:
+            import torch
+            self.dtype = torch.float64
 
 
 def request_for(pb) -> Request:
@@ -101,6 +107,7 @@ class FusedCPUBackend(Backend):
             return False, "a render that asks for gradients (the fused kernel is forward only)"
         if request.device != "cpu":
             return False, f"tensors on {request.device} (the fused kernel is CPU only)"
+        import torch
         if request.dtype not in (torch.float32, torch.float64):
             return False, f"dtype {request.dtype}"
         if pb.interpolate:

@@ -26,7 +26,7 @@ from .._console import is_broken_pipe
 from ..io.formats import (FormatError, check_available, format_from_extension, missing_packages,
                           missing_packages_message)
 from ..io.hkl import InputFileError, write_fdump
-from .flags import RTD, FlagError
+from .flags import RTD, FlagError, parse_flags
 from .resolve import SetupError
 from .usage import usage_text
 
@@ -229,6 +229,26 @@ def plan_outputs(st) -> List[Output]:
     return plan
 
 
+def check_packages(flags) -> None:
+    """One line naming every optional package the run needs and lacks: the writers of the
+    output formats and gemmi for -hkl FILE.mtz/.cif and -pdb."""
+    import importlib.util
+    from types import SimpleNamespace
+    from ..io.structure import structure_factor_kind
+    plan = plan_outputs(SimpleNamespace(flags=flags, write_dump=False))
+    what = [f"{o.flag} {o.name}" for o in plan if o.fmt is not None and missing_packages([o.fmt])]
+    packages = missing_packages([o.fmt for o in plan if o.fmt is not None])
+    readers = [("-hkl", flags.hklfilename)] if flags.hklfilename and \
+        structure_factor_kind(flags.hklfilename) != "text" else []
+    if flags.pdbfilename:
+        readers.append(("-pdb", flags.pdbfilename))
+    if readers and importlib.util.find_spec("gemmi") is None:
+        what += [f"{flag} {name}" for flag, name in readers]
+        packages.append("gemmi")
+    if packages:
+        raise FormatError(missing_packages_message(what, packages))
+
+
 def check_outputs(plan: List[Output], st, path) -> None:
     """Fail before rendering when an output cannot be written (or would clobber an input)."""
     f = st.flags
@@ -356,7 +376,9 @@ def _run(argv: List[str], out, cwd: str, err) -> int:
     def path(p):
         return p if (os.path.isabs(p) or cwd in ("", ".")) else os.path.join(cwd, p)
 
-    st = pipeline.setup_from_args(argv, cwd=cwd)
+    flags = parse_flags(argv)
+    check_packages(flags)                   # before any input is read: every missing package at once
+    st = pipeline.setup_from_flags(flags, cwd=cwd)
     f = st.flags
     pipeline.check_device(st)
     plan = plan_outputs(st)

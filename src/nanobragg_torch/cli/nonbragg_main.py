@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
@@ -36,7 +36,8 @@ class NonBraggFlags(RawFlags):
     quantum_gain: float = 1.0
     source_distance: float = 10.0
     fmap: bool = False
-    unsupported: Optional[str] = None
+    ignore_values: List[float] = field(default_factory=list)
+    img: Optional["FitImage"] = None
     ignored: Optional[str] = None
 
 
@@ -56,12 +57,6 @@ def _set(attr, scale=1.0):
 
 def _flag(attr, val):
     return lambda f, v: setattr(f, attr, val)
-
-
-def _unsupported(name):
-    def act(f, v):
-        f.unsupported = name
-    return act
 
 
 def _ignored(name):
@@ -98,15 +93,20 @@ RULES: List[Rule] = (
             "-hdivsteps", "-vdivstep", "-vdivsteps", "-divsteps", "-round_div", "-square_div", "-adc")
     + [Rule(_has("-gain"), 1, _set("quantum_gain"), ("-gain",), "f", "ADU per photon (only for -img)")]
     + _pick("-phi", "-osc", "-phistep", "-phisteps")
-    + [Rule(_has("-img"), 1, _unsupported("-img"), ("-img",), "s", "(not supported: F extraction from an image)"),
-       Rule(_has("-ignore"), 1, _unsupported("-ignore"), ("-ignore",), "f", "(not supported: goes with -img)"),
-       Rule(lambda a: "-stolout" in a and len(a) > 7, 1, _unsupported("-stolout"), ("-stolout",), "s",
-            "(not supported: goes with -img)")]
+    + [Rule(_has("-img"), 1, lambda f, v: setattr(f, "imginfilename", v[0]), ("-img",), "s",
+            "image (SMV; .cbf, .h5/.nxs) to derive F against stol from; its header sets the detector"),
+       Rule(_has("-ignore"), 1, lambda f, v: f.ignore_values.append(c_atof(v[0])), ("-ignore",), "f",
+            "with -img: pixels of this value are left out (repeatable)"),
+       Rule(lambda a: "-stolout" in a and len(a) > 7, 1, lambda f, v: setattr(f, "stoloutfilename", v[0]),
+            ("-stolout",), "s", "with -img: the table written (default output.stol)")]
     + _pick("-stol", "-4stol", "-Q", "-sourcefile", "-floatfile", "-intfile")
     + [Rule(_has("-pgmfile", "-pgmimage"), 1, lambda f, v: setattr(f, "pgmfilename", v[0]), ("-pgmfile", "-pgmimage"),
             "s", "PGM output (default image.pgm)")]
     + _pick("-noisefile", "-nonoise", "-nopgm")
-    + [Rule(_has("-noreject"), 0, _unsupported("-noreject"), ("-noreject",), "", "(not supported: goes with -img)")]
+    + [Rule(lambda a: a == "-c_legacy", 0, _flag("c_legacy", True), ("-c_legacy",), "",
+            "with -img: the C's F scale (sqrt(sources x oversample^2) too large when that is not 1)"),
+       Rule(_has("-noreject"), 0, lambda f, v: None, ("-noreject",), "",
+            "with -img: no outlier rejection (the C's only setting: accepted, no effect)")]
     + _pick("-scale")
     + [Rule(_has("-pgmscale"), 1, _set("pgm_scale"), ("-pgmscale",), "f", "PGM scale (default 250/(5 rmsd))")]
     + _pick("-coherent", "-printout", "-noprogress", "-progress", "-printout_pixel", "-seed")
@@ -148,14 +148,140 @@ def usage_text() -> str:
     return "\n".join(lines + usage_lines(rules))
 
 
+@dataclass
+class FitImage:
+    """An -img image: its pixels (float32 (S, F)), the pixels its format marks invalid, the format."""
+    path: str
+    pixels: np.ndarray
+    invalid: Optional[np.ndarray]
+    fmt: str
+
+
+def read_fit_image(path: str, f: NonBraggFlags) -> FitImage:
+    """Read ``-img FILE`` and apply its header to ``f`` as the C does (before the other flags).
+
+    SMV, as the C: SIZE1/SIZE2 (the detector's pixel counts), PIXEL_SIZE,
+    DISTANCE and CLOSE_DISTANCE (the C's keyword search: the last occurrence of
+    each name, so DISTANCE finds CLOSE_DISTANCE when that comes later),
+    WAVELENGTH, BEAM_CENTER_X, BEAM_CENTER_Y (from the far edge: Ybeam =
+    size - value), ORGX, ORGY, PHI, OSC_RANGE.  CBF and NeXus (by extension):
+    the geometry their headers state (pixel, distance, wavelength, beam centre,
+    phi), and NeXus's pixel mask marks invalid pixels.
+    """
+    from ..io.formats import format_from_extension
+    fmt = format_from_extension(path, "smv")
+    if fmt not in ("smv", "cbf", "h5", "nxs"):
+        raise FlagError(f"-img {path}: the image must be SMV, CBF or NeXus (.img, .cbf, .h5/.nxs)")
+    rtd = F.RTD
+    invalid = None
+    try:
+        if fmt == "smv":
+            from ..io.smv import header_value, read_smv, read_smv_header
+            text = read_smv_header(path)
+            _, data = read_smv(path)
+        else:
+            from ..io.formats import read_image
+            data, info = read_image(path, fmt)
+            invalid = info.get("mask")
+    except OSError as e:
+        raise FlagError(f"-img {path}: cannot read the image ({e.strerror or e})") from None
+    except ValueError as e:
+        raise FlagError(f"-img {e}") from None
+    except Exception as e:   # a missing reader package (fabio, h5py)
+        raise FlagError(f"-img {path}: {' '.join(str(e).split())}") from None
+    data = np.asarray(data)
+    if data.ndim != 2 or data.size == 0:
+        raise FlagError(f"-img {path}: not a 2-D image")
+    S, Fp = data.shape
+    f.fpixels, f.spixels = Fp, S
+    if fmt == "smv":
+        def val(key):
+            return header_value(text, key)
+        v = val("PIXEL_SIZE")
+        if not math.isnan(v):
+            f.pixel_size = v / 1000.0
+        f.detsize_f, f.detsize_s = f.pixel_size * Fp, f.pixel_size * S
+        for key, attr, div in (("DISTANCE", "distance", 1000.0), ("CLOSE_DISTANCE", "close_distance", 1000.0),
+                               ("WAVELENGTH", "lambda0", 1e10), ("BEAM_CENTER_X", "Xbeam", 1000.0)):
+            v = val(key)
+            if not math.isnan(v):
+                setattr(f, attr, v / div)
+        v = val("BEAM_CENTER_Y")
+        if not math.isnan(v):
+            f.Ybeam = f.detsize_s - v / 1000.0
+        for key in ("ORGX", "ORGY"):
+            v = val(key)
+            if not math.isnan(v):
+                setattr(f, key, v)
+        v = val("PHI")
+        if not math.isnan(v):
+            f.phi0 = v / rtd
+        v = val("OSC_RANGE")
+        if not math.isnan(v):
+            f.osc = v / rtd
+    else:
+        if "pixel_size_m" in info:
+            f.pixel_size = info["pixel_size_m"]
+        f.detsize_f, f.detsize_s = f.pixel_size * Fp, f.pixel_size * S
+        for key, attr in (("distance_m", "distance"), ("wavelength_m", "lambda0"),
+                          ("beam_center_fast_m", "Xbeam"), ("beam_center_slow_m", "Ybeam")):
+            if key in info:
+                setattr(f, attr, float(info[key]))
+        if "phi_start_deg" in info:
+            f.phi0 = info["phi_start_deg"] / rtd
+        if "osc_range_deg" in info:
+            f.osc = info["osc_range_deg"] / rtd
+    pixels = data.astype(np.float32)
+    return FitImage(path=path, pixels=pixels, invalid=None if invalid is None else np.asarray(invalid, bool),
+                    fmt=fmt)
+
+
 def parse(argv: List[str]) -> NonBraggFlags:
     check_argv(RULES, argv)
     f = NonBraggFlags()
     f.given = list(argv)
     f.sample_x = f.sample_y = f.sample_z = 1e-4
     f.twotheta_axis = [0.0, 1.0, 0.0]      # the C: {0,0,1,0}, element 0 is the length
+    # the C's pre-pass: -img is found, and its header applied, before every other flag
+    argc = len(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("-") and "-img" in arg and argc > i + 1:
+            f.imginfilename = argv[i + 1]
+    if f.imginfilename is not None:
+        f.img = read_fit_image(f.imginfilename, f)
     apply_rules(RULES, argv, f)
     return f
+
+
+def fit_table(f: NonBraggFlags, m, say) -> bytes:
+    """-img/-stolout: the C's table of F against stol from the image (printing its lines); the file's bytes."""
+    from ..io.smv import c_cast_unsigned
+    from ..models.amorphous import image_stol_profile
+    img = f.img
+    invalid = img.invalid
+    if not np.all(np.isfinite(img.pixels)):        # a float NeXus image's NaN: no F from it
+        bad = ~np.isfinite(img.pixels)
+        invalid = bad if invalid is None else (invalid | bad)
+    if f.ignore_values:
+        ign = np.asarray(f.ignore_values, dtype=np.float64)
+        if img.fmt == "smv":           # the C keeps them as unsigned shorts
+            ign = c_cast_unsigned(ign, 16).astype(np.float64)
+        hit = np.isin(img.pixels, ign.astype(np.float32))
+        invalid = hit if invalid is None else (invalid | hit)
+    prof = image_stol_profile(img.pixels, m["sample"], m["detector"], m["beam"], oversample=max(f.oversample, 1),
+                              adc=f.adc_offset, gain=f.quantum_gain, invalid=invalid, roi=m["roi"],
+                              source_weights=m["weights"], c_scale=f.c_legacy, backend="numba")
+    out = []
+    for k in range(len(prof["stol"])):
+        stol = prof["stol"][k] * 1e10 / f.stol_file_mult
+        n = int(prof["count"][k])
+        if n > 100:
+            out.append("%s %s %s   0 0  %d\n" % (_g(stol), _g(float(prof["mean"][k])), _g(float(prof["rmsd"][k])), n))
+        else:
+            say("WARNING: not enough pixels in bin= %d n=%d stol= %s median= 0 avg_arej= %s"
+                % (k + 2, n, _g(stol), _g(float(prof["mean"][k]))))
+    say("wrote %s as %d lines of text" % (f.stoloutfilename, len(out)))
+    return "".join(out).encode("ascii")
 
 
 def _steps(steps, rng, step):
@@ -173,8 +299,14 @@ def build(f: NonBraggFlags, say):
     from ..io.hkl import InputFileError
     from .resolve import SetupError
 
-    if f.unsupported:
-        raise FlagError(f"{f.unsupported}: extracting F from an image is not supported by this nonBragg")
+    if f.img is None and (f.ignore_values or f.stoloutfilename != "output.stol"):
+        print("nonBragg: note: -stolout and -ignore have no effect without -img", file=sys.stderr)
+    if f.img is not None:
+        d = os.path.dirname(os.path.abspath(f.stoloutfilename))
+        if not os.path.isdir(d):
+            raise FlagError(f"-stolout {f.stoloutfilename}: directory {d} does not exist")
+        if os.path.isdir(f.stoloutfilename):
+            raise FlagError(f"-stolout {f.stoloutfilename}: is a directory")
     if f.ignored:
         print(f"nonBragg: note: {f.ignored} has no effect (nonBragg has a single detector convention)",
               file=sys.stderr)
@@ -193,6 +325,15 @@ def build(f: NonBraggFlags, say):
         f.detsize_s = px * f.spixels
     fpixels = int(math.ceil(f.detsize_f / px))
     spixels = int(math.ceil(f.detsize_s / px))
+    if f.img is not None:
+        S_img, F_img = f.img.pixels.shape
+        if (f.fpixels, f.spixels) == (F_img, S_img):
+            # the image's own size (the C's ceil(pixel*N/pixel) can round up to N+1 and then
+            # reads the image out of step)
+            fpixels, spixels = F_img, S_img
+        else:
+            raise FlagError(f"-img {f.imginfilename}: the image is {F_img}x{S_img} pixels, the detector "
+                            f"{fpixels}x{spixels} (-detpixels must match the image or be left out)")
     if fpixels <= 0 or spixels <= 0:
         raise FlagError(f"-detpixels/-detsize: the detector needs at least one pixel (got {fpixels}x{spixels})")
     Xclose = f.ORGX * px if not math.isnan(f.ORGX) else f.Xclose
@@ -326,6 +467,8 @@ def _body(argv: List[str]) -> int:
         return 0
     f = parse(argv)
     say = lambda s="": print(s, file=out)
+    if f.img is not None:
+        say(f"reading {f.imginfilename}")
     say("nonBragg amorphous material diffraction simulator - James Holton and Ken Frankel 3-19-16")
     if f.stolfilename is None:
         print(usage_text(), file=out)
@@ -365,6 +508,7 @@ def _body(argv: List[str]) -> int:
     from ..physics.amorphous_kernel import image_outputs
     max_I, avg, rms, rmsd, iscale, pscale, intimg, pgm = image_outputs(fimg, roi, f.intfile_scale,
                                                                        f.adc_offset, f.pgm_scale)
+    table = fit_table(f, m, say) if f.img is not None else None
     say("writing %s as %d 4-byte floats" % (f.floatfilename, S * Fp))
     say("max_I = %s" % _g(max_I))
     say("mean= %s rms= %s rmsd= %s" % (_g(avg), _g(rms), _g(rmsd)))
@@ -377,7 +521,9 @@ def _body(argv: List[str]) -> int:
         noise, photons, overloads = CRandom().noise_image(fimg, SeedStream(seed),
                                                           roi=(roi[0], roi[1], roi[2], roi[3]), adc=f.adc_offset)
         say("%.0f photons on noise image (%d overloads)" % (photons, overloads))
-    # all images are ready: write them (each atomically)
+    # all images are ready: write them (each atomically), the -stolout table first
+    if table is not None:
+        atomic_write_bytes(f.stoloutfilename, table)
     atomic_write_bytes(f.floatfilename, np.ascontiguousarray(fimg, dtype="=f4").tobytes())
     say("writing %s as 2-byte integers" % f.intfilename)
     atomic_write_bytes(f.intfilename, header + np.ascontiguousarray(intimg, dtype="=u2").tobytes())

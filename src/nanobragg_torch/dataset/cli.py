@@ -39,6 +39,42 @@ def parse_frames(text: str) -> List[int]:
     return out
 
 
+#: pip name -> (module, extra of nanobragg-torch that installs it)
+_PACKAGES = {"fabio": ("fabio", "formats"), "h5py": ("h5py", "formats"), "pillow": ("PIL", "formats"),
+             "gemmi": ("gemmi", "formats"), "dask": ("dask", "cluster"), "distributed": ("distributed", "cluster")}
+_FORMAT_PACKAGES = {"cbf": "fabio", "h5": "h5py", "nxs": "h5py", "png": "pillow"}
+
+
+def missing_packages(spec, cluster: bool) -> List[str]:
+    """Every optional package (pip names) this run needs and this Python lacks: the frame
+    format's writer, gemmi for structure factors from MTZ/mmCIF/model files, Dask for a cluster."""
+    import importlib.util
+    need = []
+    if spec.format in _FORMAT_PACKAGES:
+        need.append(_FORMAT_PACKAGES[spec.format])
+    from ..io.structure import GEMMI_EXTENSIONS
+    args = spec.frame(0).args if spec.count else []
+    for i, a in enumerate(args[:-1]):
+        if a == "-pdb" or (a == "-hkl" and os.path.splitext(args[i + 1])[1].lower() in GEMMI_EXTENSIONS):
+            need.append("gemmi")
+    if cluster:
+        need += ["dask", "distributed"]
+    out = []
+    for name in need:
+        if name not in out and importlib.util.find_spec(_PACKAGES[name][0]) is None:
+            out.append(name)
+    return out
+
+
+def missing_packages_message(packages: List[str]) -> str:
+    """One line naming every missing package and the extras that install them."""
+    names = ["'%s'" % p for p in packages]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    extras = ",".join(sorted({_PACKAGES[p][1] for p in packages}))
+    return (f"this run needs the {listed} package{'s' if len(packages) > 1 else ''} "
+            f"(pip install 'nanobragg-torch[{extras}]')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nanobragg-dataset",
@@ -83,6 +119,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{args.folder}: {len(res['ok'])} frames ok, {len(res['bad'])} bad {res['bad'][:20]}, "
                   f"{len(res['missing'])} missing")
             return 0 if not res["bad"] and not res["missing"] else 1
+        lacking = missing_packages(spec, cluster=bool(args.scheduler or args.local_cluster))
+        if lacking:
+            raise SpecError(missing_packages_message(lacking))
         from .runner import render_dataset
         summary = render_dataset(spec, args.folder, scheduler=args.scheduler, local_workers=args.local_cluster,
                                  frames=frames, retries=args.retries, batch=args.batch, device=args.device,

@@ -93,7 +93,7 @@ def missing_packages_message(what: List[str], packages: List[str]) -> str:
     """One line naming every output that cannot be written and every package missing."""
     pk = " and ".join("'%s'" % p for p in packages) if len(packages) < 3 else \
         ", ".join("'%s'" % p for p in packages[:-1]) + " and '%s'" % packages[-1]
-    return (f"{', '.join(what)}: writing {'this format' if len(what) == 1 else 'these formats'} needs "
+    return (f"{', '.join(what)}: {'this needs' if len(what) == 1 else 'these need'} "
             f"the {pk} package{'s' if len(packages) > 1 else ''} (pip install 'nanobragg-torch[formats]')")
 
 

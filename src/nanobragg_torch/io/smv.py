@@ -387,16 +387,20 @@ def int_image(
     if img.ndim != 2:
         raise ValueError(f"float_image must be 2-D (slow, fast), got shape {img.shape}")
     rows, cols = _roi_slices(img.shape, roi)
-    sub = img[rows, cols].astype(np.float64)
-
     scale = float(intfile_scale)
     if scale <= 0.0:
         scale = 1.0
         if max_I is None:
+            sub = img[rows, cols]
             finite = sub[~np.isnan(sub)]
             max_I = max(0.0, float(finite.max())) if finite.size else 0.0
         if max_I > 0.0:
             scale = 55000.0 / float(max_I)
+    from ..backends import cio
+    fast = cio.int_image(img, rows, cols, scale, adc)      # the same steps in one C pass
+    if fast is not None:
+        return fast, scale
+    sub = img[rows, cols].astype(np.float64)
 
     # in place: min/max keep NaN as the C's comparisons do (NaN > 65535 and NaN < 0 are false)
     value = sub

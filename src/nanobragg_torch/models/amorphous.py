@@ -53,6 +53,9 @@ class StolTable:
     """
 
     def __init__(self, stol, F, name: str = "table"):
+        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in (stol, F)):
+            raise ValueError("StolTable: the table is fixed (numpy; its cubics are precomputed): stol and F "
+                             "cannot carry a gradient; pass them detached")
         s = np.asarray(stol, dtype=np.float64).reshape(-1)
         f = np.asarray(F, dtype=np.float64).reshape(-1)
         if s.size == 0:
@@ -203,6 +206,13 @@ class AmorphousSample(torch.nn.Module):
         return amorphous_image(self, detector, beam, **kw)
 
 
+def _no_grad_arg(func: str, name: str, value) -> None:
+    """One-line refusal of a tensor that requires grad where the value cannot carry a gradient."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise ValueError(f"{func}: {name} cannot carry a gradient (it is a count or a fixed input); "
+                         f"pass a plain number or a detached tensor")
+
+
 def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
 
@@ -229,6 +239,7 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     autograd, returns float32) or "auto" (numba on the CPU when nothing
     requires grad).
     """
+    _no_grad_arg("amorphous_image", "oversample", oversample)
     dev = device if device is not None else detector.device
     cfg = detector.settings
     src = beam.sources(dtype, dev)
@@ -248,11 +259,16 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     steps = nsrc * O * O
     scale = R_E_SQR * fluence * as_tensor(sample.molecules(), dtype, dev) / steps
     table = sample.table
+    # everything the numba kernel takes as plain numbers
+    leaves = [geo.pix0, geo.fdet, geo.sdet, src.incident, src.wavelength, kahn, polar_axis, fluence, px, w,
+              as_tensor(sample.molecules(), dtype, dev)]
+    needs_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in leaves)
     if backend == "auto":
-        leaves = [geo.pix0, geo.fdet, src.wavelength, kahn, fluence, as_tensor(sample.molecules(), dtype, dev)]
-        backend = "numba" if (torch.device(dev).type == "cpu" and not any(t.requires_grad for t in leaves)) \
-            else "torch"
+        backend = "numba" if (torch.device(dev).type == "cpu" and not needs_grad) else "torch"
     if backend == "numba":
+        if needs_grad:
+            raise ValueError("amorphous_image: backend='numba' has no gradients and an input requires grad; "
+                             "use backend='torch' (or 'auto')")
         from ..physics import amorphous_kernel
         npy = lambda t: t.detach().to("cpu", torch.float64).numpy()
         roi4 = tuple(roi) if roi is not None else (0, F - 1, 0, S - 1)
@@ -323,3 +339,157 @@ class AmorphousScatter(torch.nn.Module):
 
     def forward(self) -> torch.Tensor:
         return amorphous_image(self.sample, self.detector, self.beam, **self.options)
+
+
+# ---------------------------------------------------------------------------
+# the inverse: F against stol from an image (nonBragg -img / -stolout)
+# ---------------------------------------------------------------------------
+def last_subpixel_terms(detector, beam, *, oversample: int = 1, dtype=torch.float64, device=None):
+    """``(stol, polar, omega)`` (each (spixels, fpixels)) of every pixel's last sub-pixel and last source.
+
+    These are the values the C ``nonBragg`` holds when it turns a pixel of an
+    ``-img`` image back into a structure factor: its loops leave ``stol``
+    (sin(theta)/lambda, here in 1/m as the C's), the polarization factor and the
+    solid angle of the last sub-pixel (last in both directions) and, for
+    ``stol`` and ``polar``, of the last source.  Arithmetic in the C's order.
+    Differentiable in the detector geometry and the wavelength.
+    """
+    dev = device if device is not None else detector.device
+    cfg = detector.settings
+    src = beam.sources(dtype, dev)
+    geo = detector.geometry(beam.beam_vector_unit(dtype, dev), dtype, dev)
+    S, F = cfg.spixels, cfg.fpixels
+    O = max(int(oversample), 1)
+    px = detector.value("pixel_size", dtype, dev)
+    sub = px / O
+    fc = sub * (torch.arange(F, dtype=dtype, device=dev) * O + (O - 1)) + sub / 2.0
+    sc = sub * (torch.arange(S, dtype=dtype, device=dev) * O + (O - 1)) + sub / 2.0
+    pos = fc[None, :, None] * geo.fdet + sc[:, None, None] * geo.sdet + geo.pix0                # (S, F, 3)
+    if cfg.curved:
+        v = geo.distance * geo.beam_vector
+        newv = rotate_axis(v.expand_as(pos), geo.sdet, pos[..., 1] / geo.distance)
+        pos = rotate_axis(newv, geo.fdet, pos[..., 2] / geo.distance)
+    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
+    air = torch.sqrt(x * x + y * y + z * z)
+    d = pos / air[..., None]
+    if cfg.point_pixel:
+        omega = 1.0 / air / air
+    else:
+        omega = px * px / air / air * geo.close_distance / air
+    inc = src.incident[-1]
+    lam = src.wavelength[-1]
+    q = (d - inc) / lam
+    stol = 0.5 * torch.sqrt(q[..., 0] * q[..., 0] + q[..., 1] * q[..., 1] + q[..., 2] * q[..., 2])
+    if beam.nopolar:
+        polar = torch.ones_like(stol)
+    else:
+        polar = polarization_factor(beam.value("polarization", dtype, dev), inc, d,
+                                    beam.polar_vector_unit(dtype, dev))
+    return stol, polar, omega
+
+
+def image_structure_factors(image, sample: AmorphousSample, detector, beam, *, oversample: int = 1,
+                            adc: float = 40.0, gain: float = 1.0, source_weights=None, c_scale: bool = False):
+    """F of every pixel of a measured ``image`` (spixels, fpixels), as the C ``nonBragg -img`` derives it.
+
+    ``F = sign(D) sqrt(|D| / polar / omega / fluence / r_e^2 / molecules / w)`` with
+    ``D = (pixel - adc) / gain`` rounded to float32, polar and omega of
+    :func:`last_subpixel_terms` and ``w`` the mean source weight (1 without
+    ``source_weights``): the inverse of :func:`amorphous_image`, whose pixel is
+    the mean over its sub-pixels and sources.  ``c_scale=True`` is the C's
+    formula, ``w = 1 / steps`` (``steps`` = sources x oversample^2), which makes F
+    sqrt(steps) times too large when there are several sources or sub-pixels.
+    Returns ``(F float32 numpy (S, F), stol float64 numpy (S, F) in 1/A)``.
+    """
+    for name, v in (("image", image), ("oversample", oversample), ("adc", adc), ("gain", gain)):
+        _no_grad_arg("image_structure_factors", name, v)
+    img = np.asarray(image)
+    cfg = detector.settings
+    if img.shape != (cfg.spixels, cfg.fpixels):
+        raise ValueError(f"image is {img.shape[1]}x{img.shape[0]} pixels, the detector "
+                         f"{cfg.fpixels}x{cfg.spixels}")
+    with torch.no_grad():
+        stol, polar, omega = last_subpixel_terms(detector, beam, oversample=oversample)
+        fluence = float(beam.value("fluence", torch.float64, detector.device))
+        n = beam.sources(torch.float64).incident.shape[0]
+    O = max(int(oversample), 1)
+    steps = n * O * O
+    molecules = float(as_tensor(sample.molecules(), torch.float64, "cpu"))
+    dev32 = ((img.astype(np.float64) - float(adc)) / float(gain)).astype(np.float32)
+    sign = np.where(dev32 < 0.0, np.float32(-1.0), np.float32(1.0)).astype(np.float64)
+    mag = np.abs(dev32).astype(np.float64)
+    base = mag / polar.numpy() / omega.numpy() / fluence / R_E_SQR / molecules
+    if c_scale:
+        Fpix = sign * np.sqrt(base * steps)
+    else:
+        wbar = 1.0 if source_weights is None else float(np.mean(np.asarray(source_weights, dtype=np.float64)))
+        Fpix = sign * np.sqrt(base / wbar)
+    return Fpix.astype(np.float32), stol.numpy() / 1e10
+
+
+def image_stol_profile(image, sample: AmorphousSample, detector, beam, *, oversample: int = 1,
+                       adc: float = 40.0, gain: float = 1.0, invalid=None, roi: Optional[Sequence[int]] = None,
+                       source_weights=None, c_scale: bool = False, backend: str = "torch"):
+    """The table the C ``nonBragg -img FILE -stolout OUT`` writes: mean F of the pixels nearest each table point.
+
+    Every valid pixel (inside ``roi`` (xmin, xmax, ymin, ymax, inclusive) and
+    not marked in the bool (S, F) array ``invalid``) goes to the table point of
+    ``sample.table`` nearest its stol (:func:`last_subpixel_terms`; a pixel
+    beyond the last point goes to it, one below the first to the first), and
+    each point gets the mean and rms deviation of its pixels' F
+    (:func:`image_structure_factors`, with ``source_weights`` and ``c_scale``)
+    in the C's float32 arithmetic (sums in raster order).  Returns a dict: ``stol`` (n,) the table's points (1/A),
+    ``mean``, ``rmsd`` (n,) float32 (0 where no pixel), ``count`` (n,) int,
+    ``F`` (S, F) float32 and ``row`` (S, F) int (the point of each pixel, -1
+    for invalid ones).  ``backend``: "torch" (:func:`image_structure_factors`,
+    any device) or "numba" (the fused CPU loop of
+    :func:`nanobragg_torch.physics.amorphous_kernel.fit_pixels`, the command
+    line's: no (S, F, 3) temporaries; the same numbers).
+    """
+    from ..physics.amorphous_kernel import bin_mean_rmsd, fit_pixels
+    for name, v in (("image", image), ("oversample", oversample), ("adc", adc), ("gain", gain)):
+        _no_grad_arg("image_stol_profile", name, v)
+    knots = np.asarray(sample.table.stol, dtype=np.float64) * 1e10
+    nk = knots.size
+    cfg = detector.settings
+    S, Fn = cfg.spixels, cfg.fpixels
+    if np.shape(image) != (S, Fn):
+        raise ValueError(f"image is {np.shape(image)[1]}x{np.shape(image)[0]} pixels, the detector {Fn}x{S}")
+    roi4 = (0, Fn - 1, 0, S - 1) if roi is None else tuple(int(v) for v in roi)
+    if backend == "numba":
+        with torch.no_grad():
+            src = beam.sources(torch.float64)
+            geo = detector.geometry(beam.beam_vector_unit(torch.float64), torch.float64)
+            npy = lambda t: t.detach().to("cpu", torch.float64).numpy()
+            O = max(int(oversample), 1)
+            steps = src.incident.shape[0] * O * O
+            wbar = 1.0 if source_weights is None else float(np.mean(np.asarray(source_weights, dtype=np.float64)))
+            Fpix, row = fit_pixels(
+                S, Fn, O, dict(pix0=npy(geo.pix0), fdet=npy(geo.fdet), sdet=npy(geo.sdet),
+                               beam=npy(geo.beam_vector), distance=float(geo.distance),
+                               close=float(geo.close_distance)),
+                float(detector.value("pixel_size", torch.float64)), cfg.curved, cfg.point_pixel,
+                npy(src.incident[-1]), float(src.wavelength[-1]), float(beam.value("polarization", torch.float64)),
+                npy(beam.polar_vector_unit(torch.float64)), beam.nopolar, np.asarray(image, dtype=np.float32),
+                adc, gain, float(beam.value("fluence", torch.float64)), R_E_SQR,
+                float(as_tensor(sample.molecules(), torch.float64, "cpu")), float(steps) if c_scale else 0.0,
+                wbar, knots, roi4, invalid)
+    elif backend == "torch":
+        Fpix, stol_A = image_structure_factors(image, sample, detector, beam, oversample=oversample,
+                                               adc=adc, gain=gain, source_weights=source_weights, c_scale=c_scale)
+        stol_m = stol_A * 1e10
+        ext = np.concatenate([[-1e99, -1e98], knots, [1e98, 1e99]])
+        nearest = np.searchsorted(knots, stol_m, side="right") + 1          # the C's nearest (extended index)
+        mid = (ext[nearest] + ext[nearest + 1]) / 2.0
+        row = nearest + (stol_m > mid) - 2                                  # 0 .. n-1
+        xmin, xmax, ymin, ymax = roi4
+        fi, si = np.arange(Fn), np.arange(S)
+        valid = ((fi >= xmin) & (fi <= xmax))[None, :] & ((si >= ymin) & (si <= ymax))[:, None]
+        if invalid is not None:
+            valid &= ~np.asarray(invalid, dtype=bool)
+        row = np.where(valid, row, -1).astype(np.int64)
+    else:
+        raise ValueError(f"backend must be 'torch' or 'numba', got {backend!r}")
+    mean, rmsd, count = bin_mean_rmsd(Fpix.reshape(-1), row.reshape(-1), nk)
+    return dict(stol=np.asarray(sample.table.stol, dtype=np.float64).copy(), mean=mean, rmsd=rmsd,
+                count=count, F=Fpix, row=row)

@@ -210,3 +210,169 @@ def image_outputs(img: np.ndarray, roi, intfile_scale: float, adc: float, pgm_sc
     _OUT(np.ascontiguousarray(img, dtype=np.float32), x0, x1, y0, y1, float(intfile_scale), float(adc),
          float(pgm_scale), intimg, pgm, stats)
     return (*(float(v) for v in stats), intimg, pgm)
+
+
+def _bin_stats_k(values, rows, nrows, total, mean, dev, count):
+    """Per-row mean and rms deviation in float32, sums in the order given (the C's fmean_with_rejection)."""
+    for i in range(values.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            total[r] = np.float32(total[r] + values[i])
+            count[r] += 1
+    for r in range(nrows):
+        if count[r] > 0:
+            mean[r] = np.float32(total[r] / np.float32(count[r]))
+    for i in range(values.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            d = np.float32(abs(np.float32(values[i] - mean[r])))
+            dev[r] = np.float32(dev[r] + np.float32(d * d))
+
+
+_BINS = None
+
+
+def bin_mean_rmsd(values: np.ndarray, rows: np.ndarray, nrows: int):
+    """``(mean, rmsd, count)`` per row of float32 ``values`` grouped by ``rows`` (-1: left out).
+
+    The C ``nonBragg``'s statistics of an ``-stolout`` table row: float32
+    running sums in the order of ``values``, mean = sum/n, rmsd =
+    sqrt(sum (v - mean)^2 / n) (float32 quotient, double square root);
+    rows without values get 0.  (Its rejection is off: a cut of 1e99 sigma.)
+    """
+    global _BINS
+    with _LOCK:
+        if _BINS is None:
+            try:
+                import numba
+                _BINS = numba.njit(cache=True, error_model="numpy")(_bin_stats_k)
+            except Exception:  # pragma: no cover
+                _BINS = _bin_stats_k
+    v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    r = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+    if v.shape != r.shape:
+        raise ValueError("values and rows differ in size")
+    total = np.zeros(nrows, np.float32)
+    mean = np.zeros(nrows, np.float32)
+    dev = np.zeros(nrows, np.float32)
+    count = np.zeros(nrows, np.int64)
+    _BINS(v, r, int(nrows), total, mean, dev, count)
+    rmsd = np.zeros(nrows, np.float32)
+    ok = count > 0
+    rmsd[ok] = np.sqrt((dev[ok] / count[ok].astype(np.float32)).astype(np.float32).astype(np.float64)).astype(np.float32)
+    return mean, rmsd, count
+
+
+def _fit_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, point_pixel, inc, lam, kahn, pol_axis,
+           nopolar, img, adc, gain, fluence, r_e_sqr, molecules, mult, div, ext, roi, invalid, outF, outrow):
+    """nonBragg -img per pixel: F from the image and the table row, with the last sub-pixel's terms (C order)."""
+    sub = px / O
+    ix, iy, iz = inc[0], inc[1], inc[2]
+    nk = ext.shape[0] - 4
+    for s in _prange(S):
+        for f in range(F):
+            Fdet = sub * (f * O + (O - 1)) + sub / 2.0
+            Sdet = sub * (s * O + (O - 1)) + sub / 2.0
+            x = Fdet * fdet[0] + Sdet * sdet[0] + pix0[0]
+            y = Fdet * fdet[1] + Sdet * sdet[1] + pix0[1]
+            z = Fdet * fdet[2] + Sdet * sdet[2] + pix0[2]
+            if curved:
+                vx, vy, vz = distance * beam[0], distance * beam[1], distance * beam[2]
+                for step in range(2):
+                    if step == 0:
+                        ax, ay, az, phi = sdet[0], sdet[1], sdet[2], y / distance
+                    else:
+                        ax, ay, az, phi = fdet[0], fdet[1], fdet[2], z / distance
+                    sn, cs = math.sin(phi), math.cos(phi)
+                    dot = (ax * vx + ay * vy + az * vz) * (1.0 - cs)
+                    nx = ax * dot + vx * cs + (-az * vy + ay * vz) * sn
+                    ny = ay * dot + vy * cs + (az * vx - ax * vz) * sn
+                    nz = az * dot + vz * cs + (-ay * vx + ax * vy) * sn
+                    vx, vy, vz = nx, ny, nz
+                x, y, z = vx, vy, vz
+            air = math.sqrt(x * x + y * y + z * z)
+            dx, dy, dz = x / air, y / air, z / air
+            if point_pixel:
+                omega = 1.0 / air / air
+            else:
+                omega = px * px / air / air * close / air
+            qx = (dx - ix) / lam
+            qy = (dy - iy) / lam
+            qz = (dz - iz) / lam
+            stol = 0.5 * math.sqrt(qx * qx + qy * qy + qz * qz)
+            if nopolar:
+                polar = 1.0
+            else:
+                c2t = ix * dx + iy * dy + iz * dz
+                c2s = c2t * c2t
+                s2s = 1.0 - c2s
+                if kahn != 0.0:
+                    bx = pol_axis[1] * iz - pol_axis[2] * iy
+                    by = pol_axis[2] * ix - pol_axis[0] * iz
+                    bz = pol_axis[0] * iy - pol_axis[1] * ix
+                    bn = math.sqrt(bx * bx + by * by + bz * bz)
+                    bx, by, bz = bx / bn, by / bn, bz / bn
+                    ex = iy * bz - iz * by
+                    ey = iz * bx - ix * bz
+                    ez = ix * by - iy * bx
+                    en = math.sqrt(ex * ex + ey * ey + ez * ez)
+                    ex, ey, ez = ex / en, ey / en, ez / en
+                    psi = -math.atan2(dx * bx + dy * by + dz * bz, dx * ex + dy * ey + dz * ez)
+                    polar = 0.5 * (1.0 + c2s - kahn * math.cos(2 * psi) * s2s)
+                else:
+                    polar = 0.5 * (1.0 + c2s)
+            d32 = np.float32((np.float64(img[s, f]) - adc) / gain)
+            sign = 1.0
+            if d32 < 0.0:
+                sign = -1.0
+            base = np.float64(abs(d32)) / polar / omega / fluence / r_e_sqr / molecules
+            if mult > 0.0:
+                base = base * mult
+            else:
+                base = base / div
+            outF[s, f] = np.float32(sign * math.sqrt(base))
+            if f < roi[0] or f > roi[1] or s < roi[2] or s > roi[3] or invalid[s, f]:
+                outrow[s, f] = -1
+                continue
+            lo, hi = 0, nk                    # number of table points <= stol
+            while lo < hi:
+                m = (lo + hi) // 2
+                if ext[m + 2] <= stol:
+                    lo = m + 1
+                else:
+                    hi = m
+            nearest = lo + 1
+            r = nearest - 2
+            if stol > (ext[nearest] + ext[nearest + 1]) / 2.0:
+                r += 1
+            outrow[s, f] = r
+
+
+_FIT = None
+
+
+def fit_pixels(S, F, O, geo, px, curved, point_pixel, inc, lam_m, kahn, pol_axis, nopolar, img, adc, gain,
+               fluence, r_e_sqr, molecules, mult, div, knots_m, roi, invalid):
+    """(F float32 (S, F), table row int64 (S, F), -1 = left out) of an -img image; the fused form of
+    :func:`nanobragg_torch.models.amorphous.image_structure_factors` and its binning."""
+    global _FIT
+    with _LOCK:
+        if _FIT is None:
+            try:
+                import numba
+                g = globals()
+                g["_prange"] = numba.prange
+                _FIT = numba.njit(cache=True, parallel=True, error_model="numpy")(_fit_k)
+            except Exception:  # pragma: no cover
+                _FIT = _fit_k
+    f64 = lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+    ext = np.concatenate([[-1e99, -1e98], f64(knots_m).reshape(-1), [1e98, 1e99]])
+    outF = np.zeros((S, F), np.float32)
+    outrow = np.zeros((S, F), np.int64)
+    inv = np.zeros((S, F), np.bool_) if invalid is None else np.ascontiguousarray(invalid, dtype=np.bool_)
+    _FIT(int(S), int(F), int(O), f64(geo["pix0"]), f64(geo["fdet"]), f64(geo["sdet"]), f64(geo["beam"]),
+         float(geo["distance"]), float(geo["close"]), float(px), bool(curved), bool(point_pixel),
+         f64(inc).reshape(3), float(lam_m), float(kahn), f64(pol_axis), bool(nopolar),
+         np.ascontiguousarray(img, dtype=np.float32), float(adc), float(gain), float(fluence), float(r_e_sqr),
+         float(molecules), float(mult), float(div), ext, np.asarray(roi, dtype=np.int64), inv, outF, outrow)
+    return outF, outrow
