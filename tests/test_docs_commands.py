@@ -46,6 +46,9 @@ NOT_RUN = {
     "python scripts/dials_sweeps.py [--frames 20] [--out dials_sweeps] [--cases centred,offcentre,tilted]":
         "a usage line ([...] = optional) of three 20-frame DIALS sweeps (tens of minutes); "
         "tests/test_dials.py indexes a small sweep",
+    "python scripts/dials_sweeps.py --frames 20 --out dials_sweeps":
+        "six 20-frame DIALS sweeps (about 13 minutes on 2 cores; docs/dials.md has its output); "
+        "tests/test_dials.py imports every geometry and indexes a small sweep",
 }
 #: extra commands: what a NOT_RUN entry stands for, run in its place
 INSTEAD = [

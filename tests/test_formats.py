@@ -100,8 +100,9 @@ def test_cbf_opens_in_fabio(rendered):
     assert "# Start_angle 10.000000 deg." in ph and "# Angle_increment 0.500000 deg." in ph
     fbeam, sbeam, dist = beam_hit_from_report(text)
     assert f"# Beam_xy ({fbeam / 1e-4:.3f}" in ph and f", {sbeam / 1e-4:.3f}" in ph
-    # a 12 x 8 image is no Pilatus module: dxtbx reads it with FormatCBFMini
-    assert cbf.header["_array_data.header_convention"] == "GENERIC_MINI"
+    # the detector is tilted (-detector_rotx 3 -twotheta 4), which a mini-CBF cannot describe: a full
+    # imgCIF file (dxtbx's FormatCBFFullByteOffset), no Pilatus header convention
+    assert "_diffrn.id" in cbf.header and "_array_data.header_convention" not in cbf.header
 
 
 def _chain(fh, path):
@@ -290,6 +291,8 @@ def test_failed_write_keeps_the_old_file(meta, tmp_path, monkeypatch, name):
     def die(*a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(fabio.cbfimage.CbfImage, "write", lambda self, fname: (open(fname, "wb").write(b"partial"), die()))
+    from nanobragg_torch.io import cbf_full          # the full imgCIF writer (this meta's detector is tilted):
+    monkeypatch.setattr(cbf_full, "_binary_section", lambda counts: die())   # dies after the text
     monkeypatch.setattr(PIL.Image.Image, "save", lambda self, fh, **k: (fh.write(b"partial"), die()))
     monkeypatch.setattr(h5py.Group, "create_group", die)
     monkeypatch.setattr(os, "fsync", lambda fd: die() if name.endswith(".img") else None)

@@ -100,21 +100,102 @@ def test_cbf_header_geometry(written, capsys):
     assert float(lines["Pixel_size"].split()[1]) == pytest.approx(px)
 
 
-def test_mini_cbf_warns_once_where_it_cannot_describe_the_geometry(tmp_path, capfd):
+def test_cbf_is_full_imgcif_where_a_mini_cbf_cannot_describe_the_geometry(tmp_path, capfd):
+    """Default CBF output: a Pilatus-style mini-CBF for a detector facing the beam, a full imgCIF
+    file (no warning: it states every axis) for a tilted or XDS-rotated one; fabio reads both."""
     from nanobragg_torch.io import cbf
     from nanobragg_torch.io.formats import write_image
-    for name, expect in (("tilted", True), ("xds_rotated", True), ("centred", False)):
+    for name, tilted in (("tilted", True), ("xds_rotated", True), ("centred", False)):
         meta = _setup(GEOMETRIES[name])[2]
-        problem = cbf.mini_cbf_geometry_problem(meta)
-        assert (problem is not None) == expect, name
+        assert (cbf.mini_cbf_geometry_problem(meta) is not None) == tilted, name
         cbf._warned.clear()
-        img = np.zeros((meta["spixels"], meta["fpixels"]), np.uint16)
+        S, F = meta["spixels"], meta["fpixels"]
+        img = (np.arange(S * F) % 1000).reshape(S, F).astype(np.uint16)
         write_image(str(tmp_path / "x.cbf"), img, meta)
-        write_image(str(tmp_path / "y.cbf"), img, meta)
-        err = capfd.readouterr().err.strip().splitlines()
-        assert len(err) == (1 if expect else 0), err
-        if expect:
-            assert "mini-CBF header cannot describe this geometry" in err[0]
+        assert capfd.readouterr().err.strip() == "", name
+        text = (tmp_path / "x.cbf").read_bytes().split(b"--CIF-BINARY-FORMAT-SECTION--")[0].decode()
+        assert ("_diffrn.id" in text and "_axis.id" in text) == tilted, name
+        # the convention: PILATUS_1.2 for a whole number of Pilatus modules (the 487 x 619 "tilted"), mini or
+        # full (dxtbx then takes a full one as FormatCBFFullPilatus: a pixel-array sensor, gaps masked)
+        assert ("_array_data.header_convention PILATUS_1.2" in text
+                or "_array_data.header_convention        PILATUS_1.2" in text) == cbf.pilatus_tiles(F, S), name
+        assert ("_array_data.header_convention" in text) == (not tilted or cbf.pilatus_tiles(F, S)), name
+        assert np.array_equal(fabio.open(str(tmp_path / "x.cbf")).data, img.astype(np.int32)), name
+
+
+def test_mini_cbf_of_a_tilted_detector_is_opt_in_and_warns_once(tmp_path, capfd):
+    from nanobragg_torch.io import cbf
+    from nanobragg_torch.io.formats import write_image
+    meta = _setup(GEOMETRIES["tilted"])[2]
+    cbf._warned.clear()
+    img = np.zeros((meta["spixels"], meta["fpixels"]), np.uint16)
+    cbf.write_cbf(str(tmp_path / "x.cbf"), img, meta, full=False)
+    write_image(str(tmp_path / "y.cbf"), img, dict(meta, cbf_full=False))
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mini-CBF header cannot describe this geometry" in err[0], err
+    assert b"_array_data.header_convention" in (tmp_path / "y.cbf").read_bytes()[:4096]
+
+
+def _cif_loops(text):
+    """{category.item: [values]} of an imgCIF header, read with gemmi's CIF parser."""
+    gemmi = pytest.importorskip("gemmi")
+    block = gemmi.cif.read_string(text).sole_block()
+    out = {}
+    for item in block:
+        if item.loop is not None:
+            for j, tag in enumerate(item.loop.tags):
+                out[tag] = [item.loop[i, j] for i in range(item.loop.length())]
+        elif item.pair is not None:
+            out[item.pair[0]] = [item.pair[1]]
+    return out
+
+
+@pytest.mark.parametrize("name", ["tilted", "xds_rotated", "custom_vectors"])
+def test_full_cbf_axes_put_every_pixel_where_the_engine_does(tmp_path, name):
+    """The _axis chain of the full CBF, read with gemmi's CIF parser and evaluated as imgCIF defines
+    it (translations add up along depends_on), puts the corner pixels where the renderer does."""
+    from nanobragg_torch.io.cbf_full import lab_to_imgcif
+    from nanobragg_torch.io.formats import write_image
+    st, prep, meta = _setup(GEOMETRIES[name])
+    write_image(str(tmp_path / "a.cbf"), np.zeros((meta["spixels"], meta["fpixels"]), np.uint16), meta)
+    raw = (tmp_path / "a.cbf").read_bytes()
+    c = _cif_loops(raw[:raw.index(b"\r\n_array_data.data")].decode())
+    axes = {i: k for k, i in enumerate(c["_axis.id"])}
+
+    def vec(prefix, k):
+        return np.array([0.0 if c[f"{prefix}[{j}]"][k] == "." else float(c[f"{prefix}[{j}]"][k]) for j in (1, 2, 3)])
+    setting = dict(zip(c["_diffrn_scan_frame_axis.axis_id"], map(float, c["_diffrn_scan_frame_axis.displacement"])))
+    disp = dict(zip(c["_array_structure_list_axis.axis_id"], map(float, c["_array_structure_list_axis.displacement"])))
+    inc = dict(zip(c["_array_structure_list_axis.axis_id"],
+                   map(float, c["_array_structure_list_axis.displacement_increment"])))
+
+    def position(axis, value):
+        k = axes[axis]
+        assert c["_axis.type"][k] == "translation"
+        p = vec("_axis.offset", k) + value * vec("_axis.vector", k)
+        parent = c["_axis.depends_on"][k]
+        return p + (position(parent, setting.get(parent, 0.0)) if parent != "." else 0.0)
+    fast_axis, slow_axis = (c["_array_structure_list.axis_set_id"][c["_array_structure_list.index"].index(i)]
+                            for i in ("1", "2"))
+    assert c["_axis.depends_on"][axes[slow_axis]] == fast_axis
+    R = lab_to_imgcif(meta["beam_vector"])
+    g = prep.geometry
+    pix0, f, s = (np.asarray(v.numpy(), dtype=float) for v in (g.pix0, g.fdet, g.sdet))
+    px = meta["pixel_size_m"]
+    k_slow = axes[slow_axis]
+    for i, j in ((0, 0), (meta["fpixels"] - 1, 0), (0, meta["spixels"] - 1), (meta["fpixels"] - 1, meta["spixels"] - 1)):
+        # pixel (i, j)'s centre: the fast axis at i + 1/2 increments, the slow axis (on top of it) at j + 1/2
+        theirs = (position(fast_axis, disp[fast_axis] + (i + 0.5) * inc[fast_axis])
+                  + vec("_axis.offset", k_slow) + (disp[slow_axis] + (j + 0.5) * inc[slow_axis]) * vec("_axis.vector", k_slow))
+        ours = R @ (pix0 + (i + 0.5) * px * f + (j + 0.5) * px * s) * 1e3
+        assert np.allclose(theirs, ours, atol=1e-6), (i, j, theirs, ours)      # 1 nm
+    spindle = vec("_axis.vector", axes[c["_diffrn_measurement_axis.axis_id"][0]])
+    assert np.allclose(spindle, R @ meta["spindle_axis"], atol=1e-9)
+    assert np.allclose(vec("_axis.vector", axes["SOURCE"]), -(R @ meta["beam_vector"]), atol=1e-9)
+    assert float(c["_diffrn_radiation_wavelength.wavelength"][0]) == pytest.approx(meta["wavelength_m"] * 1e10)
+    k = c["_diffrn_scan_axis.axis_id"].index("GONIOMETER_PHI")
+    assert float(c["_diffrn_scan_axis.angle_start"][k]) == pytest.approx(meta["phi_start_deg"])
+    assert float(c["_diffrn_scan_axis.angle_increment"][k]) == pytest.approx(meta["osc_range_deg"])
 
 
 def test_nexus_fields_and_nxmx_chain(written):

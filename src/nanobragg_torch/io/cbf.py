@@ -1,4 +1,4 @@
-"""CBF (mini-CBF) images through fabio, with a Pilatus-style header; writer and reader.
+"""CBF images: mini-CBF through fabio with a Pilatus-style header (full imgCIF: :mod:`.cbf_full`); writer and reader.
 
 The pixels are stored as signed 32-bit integers with the byte-offset
 compression every CBF reader understands (fabio, DIALS/dxtbx, XDS, adxv,
@@ -18,14 +18,16 @@ pixels from the outer corner of the first pixel (fast, slow);
 ``Detector_distance`` is the sample-to-detector distance along the beam to
 that point.  A mini-CBF describes a detector facing the beam, its fast axis
 along the spindle and (fast x slow) along the beam (the frame dxtbx builds
-from it); for any other geometry the file keeps these nearest faithful values,
-:func:`write_cbf` prints a one-line warning on stderr, and the exact geometry
-is in the ``# nanoBragg_...`` lines (and in a NeXus file).
+from it); for any other geometry :func:`write_cbf` writes a full imgCIF file
+instead (:mod:`.cbf_full`, every axis stated).  A mini-CBF forced on such a
+geometry keeps these nearest faithful values, :func:`write_cbf` prints a
+one-line warning on stderr, and the exact geometry is in the
+``# nanoBragg_...`` lines (and in a NeXus file).
 
 Sensor thickness: ``# Silicon sensor, thickness T m`` holds the simulation's
-``-detector_thick``.  With no thickness in the simulation (the default) it
-holds 1e-09 m (:data:`.nexus.NO_THICKNESS_M`): dxtbx then reads a pixel-array
-sensor (as the NeXus file says), and the parallax correction it always applies
+``-detector_thick`` (fixed-point, no exponent).  With no thickness in the
+simulation (the default) it holds 0.000000001 m (:data:`.nexus.NO_THICKNESS_M`):
+dxtbx then reads a pixel-array sensor (as the NeXus file says), and the parallax correction it always applies
 to silicon (which asserts a thickness > 0) moves no spot by more than 1e-5
 pixel.  The reader (:func:`cbf_geometry`) gives that value back as 0.
 """
@@ -133,7 +135,9 @@ def pilatus_header(meta: dict, count_cutoff: int) -> str:
         lines.append(f"# Pixel_size {_g(px)} m x {_g(px)} m")
     from .nexus import NO_THICKNESS_M
     thick = float(meta.get("sensor_thickness_m", 0.0))
-    lines.append(f"# Silicon sensor, thickness {thick if thick > 0.0 else NO_THICKNESS_M:.9g} m")
+    # fixed-point, never an exponent: dxtbx's FormatCBFFullPilatus reads the number with [0-9.]+
+    thick_text = ("%.12f" % (thick if thick > 0.0 else NO_THICKNESS_M)).rstrip("0").rstrip(".")
+    lines.append(f"# Silicon sensor, thickness {thick_text} m")
     exposure = float(meta.get("exposure_s", 1.0))
     lines.append(f"# Exposure_time {_g(exposure)} s")
     lines.append(f"# Exposure_period {_g(exposure)} s")
@@ -171,14 +175,17 @@ def pilatus_header(meta: dict, count_cutoff: int) -> str:
     return "\r\n".join(lines)
 
 
-def write_cbf(path: str, image: np.ndarray, meta: dict) -> None:
-    """Write ``image`` (slow, fast) as a byte-offset mini-CBF file, atomically.
+def write_cbf(path: str, image: np.ndarray, meta: dict, full: Optional[bool] = None) -> None:
+    """Write ``image`` (slow, fast) as a byte-offset CBF file, atomically.
 
-    Prints one line on stderr (once per distinct reason) when the mini-CBF
-    header cannot describe the geometry (see :func:`mini_cbf_geometry_problem`).
+    ``full=None`` (the default) writes a Pilatus-style mini-CBF where its header
+    describes the geometry (a detector facing the beam, fast axis along the
+    spindle: see :func:`mini_cbf_geometry_problem`), and a full imgCIF file
+    (:mod:`.cbf_full`: every axis stated) for any other detector.  ``full=True``
+    or ``False`` (or ``meta["cbf_full"]``, which :func:`..formats.write_image`
+    passes on) forces one kind.  A mini-CBF of a geometry it cannot describe
+    prints one line on stderr (once per distinct reason).
     """
-    from fabio.cbfimage import CbfImage
-
     from .formats import atomic_path
 
     img = np.asarray(image)
@@ -187,6 +194,19 @@ def write_cbf(path: str, image: np.ndarray, meta: dict) -> None:
         else INT32_MAX
     S, F = counts.shape
     problem = mini_cbf_geometry_problem(meta)
+    describable = all(k in meta for k in ("fdet", "sdet", "beam_vector", "pix0_m", "pixel_size_m",
+                                          "wavelength_m", "fpixels", "spixels"))
+    if full is None:
+        full = meta.get("cbf_full")
+    if full is None:
+        full = bool(problem) and describable
+    if full:
+        if not describable:
+            raise ValueError(f"{path}: a full CBF needs the detector vectors, pixel size and wavelength")
+        from .cbf_full import write_full_cbf
+        write_full_cbf(path, counts, meta, cutoff)
+        return
+    from fabio.cbfimage import CbfImage
     if problem and problem not in _warned:
         _warned.add(problem)
         where = ("hold the C program's beam centre and distance" if meta.get("c_beam", {}).get("no_beam_spot")

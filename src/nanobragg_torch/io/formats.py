@@ -4,7 +4,7 @@
 format     written by                                     image it takes
 =========  =============================================  ==========================================
 ``smv``    :mod:`.smv` (ADSC/SMV, the C program's)         uint16 (integers 0..65535)
-``cbf``    :mod:`.cbf` (mini-CBF via fabio)                integers, or float32 (rounded to int32)
+``cbf``    :mod:`.cbf` (mini-CBF, or full imgCIF)          integers, or float32 (rounded to int32)
 ``h5``     :mod:`.nexus` (NeXus NXmx via h5py)             integers (int32) or float32
 ``nxs``    same as ``h5``                                  same as ``h5``
 ``float``  raw little-endian float32 (the C program's)     float32 (any real array is converted)
