@@ -103,9 +103,45 @@ def test_other_beams_in_the_detector_plane(tmp_path, flags):
 def test_degenerate_but_legal_geometry_renders_finite(tmp_path, flags, dtype):
     rc, err = _main(tmp_path, "-cell 50 50 50 90 90 90 -hkl legal.hkl -default_F 10 -N 2 -detpixels 4 "
                               "-distance 50 -oversample 1 -pixel 0.5 " + flags, "-dtype", dtype)
+    if dtype == "float32" and flags in FLOAT32_UNRESOLVED:
+        # a flat detector plane closer to the sample than float32 resolves its pixel positions
+        assert rc == 2 and err.count("\n") == 1 and "closer than -dtype float32 resolves" in err, err
+        return
     assert rc == 0, err
     img = np.fromfile(tmp_path / "f.bin", dtype="<f4")
     assert img.size == 16 and np.isfinite(img).all() and (img >= 0).all(), (flags, img)
+
+
+FLOAT32_UNRESOLVED = ("-distance 1e-9", "-close_distance 1e-6 -Xclose 0.2 -Yclose 0.2")
+
+
+def test_float32_refuses_a_flat_detector_closer_than_it_resolves(tmp_path):
+    """Found by the extended random run: a 1 mm pixel whose centre lies 1e-12 m from the sample
+    (-twotheta 7 moves the beam spot onto it): in float32 its position is a difference of 5e-4 m
+    terms, R rounds to 0 and the pixel is NaN.  float32 refuses the set-up with one line;
+    float64 renders it."""
+    cmd = ("-cell 20 20 20 70 70 70 -N 0 -default_F 1 -lambda 1 -detpixels_f 1 -detpixels_s 1 -pixel 1 "
+           "-distance 1e-9 -twotheta 7 -beam_vector 1 0 0 -oversample 1 -seed 0 -mosaic_seed 0")
+    rc, err = _main(tmp_path, cmd, "-dtype", "float32")
+    assert rc == 2 and err.count("\n") == 1 and "closer than -dtype float32 resolves" in err, err
+    assert not (tmp_path / "f.bin").exists()
+    rc, err = _main(tmp_path, cmd, "-dtype", "float64")
+    assert rc == 0, err
+    img = np.fromfile(tmp_path / "f.bin", dtype="<f4")
+    assert img.size == 1 and np.isfinite(img).all()
+
+
+def test_api_refuses_float32_below_its_resolution():
+    from nanobragg_torch import simulate
+    from nanobragg_torch.config import (BeamConfig, CrystalConfig, DetectorConfig, SimulationOptions,
+                                        StructureFactorConfig)
+    import math
+    args = (CrystalConfig(cell=(50, 50, 50, math.pi / 2, math.pi / 2, math.pi / 2)),
+            DetectorConfig(fpixels=4, spixels=4, distance=1e-12, pixel_size=5e-4, Fbeam=1e-3, Sbeam=1e-3),
+            BeamConfig(), StructureFactorConfig(default_F=10))
+    with pytest.raises(ValueError, match="closer than -dtype float32 resolves"):
+        simulate(*args, options=SimulationOptions(dtype="float32"))
+    assert bool(simulate(*args, options=SimulationOptions(dtype="float64")).image.isfinite().all())
 
 
 def test_capture_fraction_is_finite_for_any_cosine():

@@ -90,10 +90,13 @@ def check_work(st, prep) -> None:
     """Refuse a set-up whose geometry is not finite or whose single pixel would not fit in memory."""
     import torch
     from .cli.resolve import SetupError
-    from .models.detector import geometry_problem
+    from .models.detector import geometry_problem, precision_problem
     det, xt = st.detector, st.crystal
     geo = prep.geometry
     problem = geometry_problem(geo, curved=det.curved)
+    if problem is None:
+        problem = precision_problem(geo, det.fpixels * det.pixel_size, det.spixels * det.pixel_size,
+                                    st.options.dtype, curved=det.curved)
     if problem is not None:
         raise SetupError(problem)
     parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]

@@ -35,7 +35,7 @@ from .devices import device_problem
 from .models.base import RefTracked, to_float
 from .models.beam import Beam, Sources
 from .models.crystal import Crystal, Lattice
-from .models.detector import Detector, DetectorGeometry, geometry_problem
+from .models.detector import Detector, DetectorGeometry, geometry_problem, precision_problem
 from .models.structure_factors import StructureFactors
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -374,7 +374,9 @@ def simulate(crystal: CrystalLike, detector: DetectorLike, beam: BeamLike,
     if problem is not None:
         raise ValueError(f"device {options.device}: {problem}")
     prep = prepare(xt, det, bm, device=options.device, dtype=torch.float64)
-    problem = geometry_problem(prep.geometry, curved=det.settings.curved)
+    ds = det.settings
+    problem = geometry_problem(prep.geometry, curved=ds.curved) or precision_problem(
+        prep.geometry, ds.fpixels * float(ds.pixel_size), ds.spixels * float(ds.pixel_size), options.dtype, curved=ds.curved)
     if problem is not None:
         raise ValueError(problem)
     pb = build_problem(prep, xt, det, bm, sf, options)

@@ -223,6 +223,40 @@ MIN_BEAM_NORMAL_COSINE = 1e-12
 MAX_DETECTOR_DISTANCE = 1e15
 
 
+#: the closest approach of a flat detector plane must exceed this many rounding units of the
+#: pixel positions (|position| x eps of the render dtype): a 0.1 % error of R at most
+MIN_CLOSE_IN_ROUNDING_UNITS = 1000.0
+
+
+def precision_problem(geo: DetectorGeometry, width_m: float, height_m: float, dtype: str,
+                      curved: bool = False) -> Optional[str]:
+    """Why this flat detector cannot be rendered in ``dtype`` (one line), or None.
+
+    A flat detector's pixel positions are sums of vectors as long as the detector is wide;
+    where part of the detector comes closer to the sample than their rounding error (a 1 mm
+    pixel 1e-12 m from the sample in float32), R of the nearest pixels is noise and can
+    round to 0 (an infinite solid angle, NaN pixels).  A curved detector's pixels all lie at the
+    distance (no such cancellation).  float64 resolves ~1e9 times finer.
+    """
+    if curved:
+        return None
+    import numpy as np
+    eps = float(np.finfo(np.float32 if str(dtype).endswith("float32") else np.float64).eps)
+    pix0, f, s = (v.detach().double() for v in (geo.pix0, geo.fdet, geo.sdet))
+    corners = [pix0 + a * f + b * s for a in (0.0, width_m) for b in (0.0, height_m)]
+    extent = max(to_float(torch.linalg.vector_norm(c)) for c in corners)
+    # the detector's point nearest to the sample: the foot of the perpendicular, clamped to the area
+    a = min(max(-to_float(pix0 @ f), 0.0), width_m)
+    b = min(max(-to_float(pix0 @ s), 0.0), height_m)
+    nearest = to_float(torch.linalg.vector_norm(pix0 + a * f + b * s))
+    limit = MIN_CLOSE_IN_ROUNDING_UNITS * eps * extent
+    if nearest < limit:
+        return ("the detector comes within %.3g m of the sample, closer than -dtype %s resolves the "
+                "positions of pixels up to %.3g m away (%.2g m): render with -dtype float64, or move the "
+                "detector away" % (nearest, "float32" if eps > 1e-10 else "float64", extent, limit))
+    return None
+
+
 def geometry_problem(geo: DetectorGeometry, curved: bool = False) -> Optional[str]:
     """Why this detector geometry cannot be rendered (one line), or None.
 
