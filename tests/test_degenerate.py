@@ -10,6 +10,8 @@ done about each (compared with the C program, nanoBragg.c):
 * a beam in the detector plane (beam . normal = 0 after the rotations): the C
   computes distance = 0/0 and renders NaN; here a one-line error.
 * N = 0 (no unit cells): the lattice factor is zero, the image is zeros (as in C).
+* a flat detector closer to the sample than float32 resolves its pixel positions
+  (R rounds to 0: NaN): refused in float32 with one line naming -dtype float64.
 """
 from __future__ import annotations
 
