@@ -94,9 +94,6 @@ def check_work(st, prep) -> None:
     det, xt = st.detector, st.crystal
     geo = prep.geometry
     problem = geometry_problem(geo, curved=det.curved)
-    if problem is None:
-        problem = precision_problem(geo, det.fpixels * det.pixel_size, det.spixels * det.pixel_size,
-                                    st.options.dtype, curved=det.curved)
     if problem is not None:
         raise SetupError(problem)
     parts = [geo.pix0, geo.fdet, geo.sdet, geo.odet, geo.distance.reshape(1), geo.close_distance.reshape(1)]
@@ -109,6 +106,12 @@ def check_work(st, prep) -> None:
                          "(-pivot sample, -close_distance)" % far)
     work = count_evaluations(st, prep)
     if work <= MAX_WORK_PER_PIXEL:
+        # after the work check: a detector that close also asks for an impossible auto-oversampling,
+        # and that message (give -oversample N) comes first
+        problem = precision_problem(geo, det.fpixels * det.pixel_size, det.spixels * det.pixel_size,
+                                    st.options.dtype, curved=det.curved)
+        if problem is not None:
+            raise SetupError(problem)
         return
     O, T = prep.oversample, det.thicksteps
     S = int(prep.sources.incident.shape[0])
