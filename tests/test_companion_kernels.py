@@ -28,27 +28,33 @@ def _image(S=37, F=29, seed=3):
 @needs_c
 @pytest.mark.parametrize("roi", [None, (3, 20, 2, 30)])
 @pytest.mark.parametrize("nthreads", [1, 2])
-def test_cnoise_noise_image_matches_numba_kernel(roi, nthreads):
+@pytest.mark.parametrize("shape", [(37, 29), (151, 131)])
+def test_cnoise_noise_image_matches_numba_kernel(roi, nthreads, shape):
+    """The same images and, after two images in a row, the same generator state (a large image
+    with 2 threads: the per-mean set-up on the helper thread)."""
     from nanobragg_torch import rng
-    img = _image()
+    img = _image(*shape)
     S, F = img.shape
     x0, x1, y0, y1 = roi if roi else (0, F - 1, 0, S - 1)
     outs = []
     for use_c in (True, False):
         st = rng.CRandom()
         seed = np.array([-7], dtype=np.int64)
-        out = np.zeros((S, F), np.uint16)
-        if use_c:
-            got = cnoise.noise(cnoise.load(), img, x0, x1, y0, y1, 40.0, st._ist, st._fst, seed, out,
-                               nthreads=nthreads)
-        else:
-            rng.enable_jit()
-            got = rng._noise_k(img, x0, x1, y0, y1, 40.0, st._ist, st._fst, seed, out)
-        outs.append((out, float(got[0]), int(got[1]), st._ist.copy(), st._fst.copy(), int(seed[0])))
-    (a, *ra), (b, *rb) = outs
-    assert np.array_equal(a, b)
-    assert ra[0] == rb[0] and ra[1] == rb[1] and ra[4] == rb[4]
-    assert np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3])   # the generator's state after
+        res = []
+        for frame in (img, img[::-1].copy()):
+            out = np.zeros((S, F), np.uint16)
+            if use_c:
+                got = cnoise.noise(cnoise.load(), frame, x0, x1, y0, y1, 40.0, st._ist, st._fst, seed, out,
+                                   nthreads=nthreads)
+            else:
+                rng.enable_jit()
+                got = rng._noise_k(frame, x0, x1, y0, y1, 40.0, st._ist, st._fst, seed, out)
+            res.append((out, float(got[0]), int(got[1]), st._ist.copy(), st._fst.copy(), int(seed[0])))
+        outs.append(res)
+    for (a, *ra), (b, *rb) in zip(*outs):
+        assert np.array_equal(a, b)
+        assert ra[0] == rb[0] and ra[1] == rb[1] and ra[4] == rb[4]
+        assert np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3])   # the generator's state after
 
 
 _CASES = [
