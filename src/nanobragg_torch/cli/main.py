@@ -262,16 +262,11 @@ def check_outputs(plan: List[Output], st, path) -> None:
     seen = {}
     probed = {}
     for o in plan:
-        if o.fmt is not None and not missing_packages([o.fmt]):
+        if o.fmt is not None:
             try:
-                check_available(o.fmt)          # an unknown format
+                check_available(o.fmt)          # an unknown format (missing packages: check_packages)
             except FormatError as e:
                 raise FormatError(f"{o.flag} {o.name}: {e}") from None
-    # every output whose writer package is missing, and every such package, in one line
-    lacking = [o for o in plan if o.fmt is not None and missing_packages([o.fmt])]
-    if lacking:
-        raise FormatError(missing_packages_message([f"{o.flag} {o.name}" for o in lacking],
-                                                   missing_packages([o.fmt for o in lacking])))
     for o in plan:
         if o.name == "":
             raise FlagError(f"{o.flag}: empty file name")
