@@ -217,6 +217,18 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
 
 
+def _frame(detector, beam, oversample, dtype, device):
+    """The set-up both the renderer and the -img inversion start from: device, detector settings,
+    sources, geometry, detector size, oversampling, pixel and sub-pixel size."""
+    dev = device if device is not None else detector.device
+    cfg = detector.settings
+    src = beam.sources(dtype, dev)
+    geo = detector.geometry(beam.beam_vector_unit(dtype, dev), dtype, dev)
+    O = max(int(oversample), 1)
+    px = detector.value("pixel_size", dtype, dev)
+    return dev, cfg, src, geo, cfg.spixels, cfg.fpixels, O, px, px / O
+
+
 def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int = 1,
                     source_weights: Optional[torch.Tensor] = None, fmap: bool = False,
                     roi: Optional[Sequence[int]] = None, dtype=torch.float64, device=None,
@@ -241,14 +253,7 @@ def amorphous_image(sample: AmorphousSample, detector, beam, *, oversample: int 
     else numba).
     """
     _no_grad_arg("amorphous_image", "oversample", oversample)
-    dev = device if device is not None else detector.device
-    cfg = detector.settings
-    src = beam.sources(dtype, dev)
-    geo = detector.geometry(beam.beam_vector_unit(dtype, dev), dtype, dev)
-    S, F = cfg.spixels, cfg.fpixels
-    O = max(int(oversample), 1)
-    px = detector.value("pixel_size", dtype, dev)
-    sub = px / O
+    dev, cfg, src, geo, S, F, O, px, sub = _frame(detector, beam, oversample, dtype, device)
     inc = src.incident                                   # (N, 3)
     lam_A = src.wavelength * 1e10                         # (N,) Angstrom
     nsrc = inc.shape[0]
@@ -355,14 +360,7 @@ def last_subpixel_terms(detector, beam, *, oversample: int = 1, dtype=torch.floa
     ``stol`` and ``polar``, of the last source.  Arithmetic in the C's order.
     Differentiable in the detector geometry and the wavelength.
     """
-    dev = device if device is not None else detector.device
-    cfg = detector.settings
-    src = beam.sources(dtype, dev)
-    geo = detector.geometry(beam.beam_vector_unit(dtype, dev), dtype, dev)
-    S, F = cfg.spixels, cfg.fpixels
-    O = max(int(oversample), 1)
-    px = detector.value("pixel_size", dtype, dev)
-    sub = px / O
+    dev, cfg, src, geo, S, F, O, px, sub = _frame(detector, beam, oversample, dtype, device)
     fc = sub * (torch.arange(F, dtype=dtype, device=dev) * O + (O - 1)) + sub / 2.0
     sc = sub * (torch.arange(S, dtype=dtype, device=dev) * O + (O - 1)) + sub / 2.0
     pos = fc[None, :, None] * geo.fdet + sc[:, None, None] * geo.sdet + geo.pix0                # (S, F, 3)
