@@ -35,6 +35,23 @@ typedef struct {
     _Atomic int64_t next;
 } job_t;
 
+/* the polarization frame of an incident direction i: B = axis x i and E = i x B, unit vectors */
+static inline void pol_basis(const double *a, double ix, double iy, double iz, double *bx_, double *by_,
+                             double *bz_, double *ex_, double *ey_, double *ez_)
+{
+    double bx = a[1] * iz - a[2] * iy;
+    double by = a[2] * ix - a[0] * iz;
+    double bz = a[0] * iy - a[1] * ix;
+    double bn = sqrt(bx * bx + by * by + bz * bz);
+    bx = bx / bn; by = by / bn; bz = bz / bn;
+    double ex = iy * bz - iz * by;
+    double ey = iz * bx - ix * bz;
+    double ez = ix * by - iy * bx;
+    double en = sqrt(ex * ex + ey * ey + ez * ez);
+    *bx_ = bx; *by_ = by; *bz_ = bz;
+    *ex_ = ex / en; *ey_ = ey / en; *ez_ = ez / en;
+}
+
 static void render_row(const nb_amorphous_params *p, int64_t s)
 {
     const int64_t F = p->F, O = p->O, nk = p->nk, nsrc = p->nsrc;
@@ -96,17 +113,8 @@ static void render_row(const nb_amorphous_params *p, int64_t s)
                         double c2s = c2t * c2t;
                         double s2s = 1.0 - c2s;
                         if (p->kahn != 0.0) {
-                            const double *a = p->pol_axis;
-                            double bx = a[1] * iz - a[2] * iy;
-                            double by = a[2] * ix - a[0] * iz;
-                            double bz = a[0] * iy - a[1] * ix;
-                            double bn = sqrt(bx * bx + by * by + bz * bz);
-                            bx = bx / bn; by = by / bn; bz = bz / bn;
-                            double ex = iy * bz - iz * by;
-                            double ey = iz * bx - ix * bz;
-                            double ez = ix * by - iy * bx;
-                            double en = sqrt(ex * ex + ey * ey + ez * ez);
-                            ex = ex / en; ey = ey / en; ez = ez / en;
+                            double bx, by, bz, ex, ey, ez;
+                            pol_basis(p->pol_axis, ix, iy, iz, &bx, &by, &bz, &ex, &ey, &ez);
                             double psi = -atan2(dx * bx + dy * by + dz * bz, dx * ex + dy * ey + dz * ez);
                             polar = 0.5 * (1.0 + c2s - p->kahn * cos(2 * psi) * s2s);
                         } else {
@@ -194,17 +202,8 @@ static void render_row_blocks(const nb_amorphous_params *p, int64_t s)
                     if (nopolar) {
                         for (int64_t i = a; i < b; ++i) pol[i] = 1.0;
                     } else if (kahn != 0.0) {
-                        const double *ax = p->pol_axis;
-                        double bx = ax[1] * iz - ax[2] * iy;
-                        double by = ax[2] * ix - ax[0] * iz;
-                        double bz = ax[0] * iy - ax[1] * ix;
-                        double bn = sqrt(bx * bx + by * by + bz * bz);
-                        bx = bx / bn; by = by / bn; bz = bz / bn;
-                        double ex = iy * bz - iz * by;
-                        double ey = iz * bx - ix * bz;
-                        double ez = ix * by - iy * bx;
-                        double en = sqrt(ex * ex + ey * ey + ez * ez);
-                        ex = ex / en; ey = ey / en; ez = ez / en;
+                        double bx, by, bz, ex, ey, ez;
+                        pol_basis(p->pol_axis, ix, iy, iz, &bx, &by, &bz, &ex, &ey, &ez);
                         for (int64_t i = a; i < b; ++i) {
                             double dx = dxa[i], dy = dya[i], dz = dza[i];
                             double c2t = ix * dx + iy * dy + iz * dz;
