@@ -21,6 +21,42 @@ _LOCK = threading.Lock()
 _JIT = None
 
 
+def _polar_py(ix, iy, iz, dx, dy, dz, pol_axis, kahn, nopolar):
+    """The polarization factor of incident direction i and diffracted direction d (unit vectors),
+    as the C's: B_in = axis x i, E_in = i x B_in (unit vectors), psi from d's components."""
+    if nopolar:
+        return 1.0
+    c2t = ix * dx + iy * dy + iz * dz
+    c2s = c2t * c2t
+    s2s = 1.0 - c2s
+    if kahn != 0.0:
+        bx = pol_axis[1] * iz - pol_axis[2] * iy
+        by = pol_axis[2] * ix - pol_axis[0] * iz
+        bz = pol_axis[0] * iy - pol_axis[1] * ix
+        bn = math.sqrt(bx * bx + by * by + bz * bz)
+        bx, by, bz = bx / bn, by / bn, bz / bn
+        ex = iy * bz - iz * by
+        ey = iz * bx - ix * bz
+        ez = ix * by - iy * bx
+        en = math.sqrt(ex * ex + ey * ey + ez * ez)
+        ex, ey, ez = ex / en, ey / en, ez / en
+        psi = -math.atan2(dx * bx + dy * by + dz * bz, dx * ex + dy * ey + dz * ez)
+        return 0.5 * (1.0 + c2s - kahn * math.cos(2 * psi) * s2s)
+    return 0.5 * (1.0 + c2s)
+
+
+_polar = _polar_py          # numba's compiled twin once a kernel is compiled (_use_numba)
+
+
+def _use_numba(numba):
+    """Point the kernels' globals at numba's versions (prange, the compiled _polar) before
+    compiling a kernel: numba resolves a kernel's globals when it compiles it."""
+    g = globals()
+    g["_prange"] = numba.prange
+    if g["_polar"] is _polar_py:
+        g["_polar"] = numba.njit(cache=True, inline="always", error_model="numpy")(_polar_py)
+
+
 def _render_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, point_pixel,
               inc, lam, w, kahn, pol_axis, nopolar, knots, coef, org, scale, roi, fmap, out):
     sub = px / O
@@ -81,28 +117,7 @@ def _render_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, poin
                         sign = 1.0
                         if Fbg < 0.0:
                             sign = -1.0
-                        if nopolar:
-                            polar = 1.0
-                        else:
-                            c2t = ix * dx + iy * dy + iz * dz
-                            c2s = c2t * c2t
-                            s2s = 1.0 - c2s
-                            if kahn != 0.0:
-                                # B_in = axis x incident, E_in = incident x B_in (unit vectors)
-                                bx = pol_axis[1] * iz - pol_axis[2] * iy
-                                by = pol_axis[2] * ix - pol_axis[0] * iz
-                                bz = pol_axis[0] * iy - pol_axis[1] * ix
-                                bn = math.sqrt(bx * bx + by * by + bz * bz)
-                                bx, by, bz = bx / bn, by / bn, bz / bn
-                                ex = iy * bz - iz * by
-                                ey = iz * bx - ix * bz
-                                ez = ix * by - iy * bx
-                                en = math.sqrt(ex * ex + ey * ey + ez * ez)
-                                ex, ey, ez = ex / en, ey / en, ez / en
-                                psi = -math.atan2(dx * bx + dy * by + dz * bz, dx * ex + dy * ey + dz * ez)
-                                polar = 0.5 * (1.0 + c2s - kahn * math.cos(2 * psi) * s2s)
-                            else:
-                                polar = 0.5 * (1.0 + c2s)
+                        polar = _polar(ix, iy, iz, dx, dy, dz, pol_axis, kahn, nopolar)
                         Ibg += sign * Fbg * Fbg * polar * omega * w[n]
             if fmap:
                 out[s, f] = Fbg
@@ -115,14 +130,12 @@ _prange = range
 
 def kernel():
     """The compiled kernel (numba, parallel), or the plain-Python body when numba is missing."""
-    global _JIT, _prange
+    global _JIT
     with _LOCK:
         if _JIT is None:
             try:
                 import numba
-                _prange = numba.prange
-                g = globals()
-                g["_prange"] = numba.prange
+                _use_numba(numba)
                 _JIT = numba.njit(cache=True, parallel=True, error_model="numpy")(_render_k)
             except Exception:  # pragma: no cover - numba missing or broken
                 _JIT = _render_k
@@ -335,27 +348,7 @@ def _fit_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, point_p
             qy = (dy - iy) / lam
             qz = (dz - iz) / lam
             stol = 0.5 * math.sqrt(qx * qx + qy * qy + qz * qz)
-            if nopolar:
-                polar = 1.0
-            else:
-                c2t = ix * dx + iy * dy + iz * dz
-                c2s = c2t * c2t
-                s2s = 1.0 - c2s
-                if kahn != 0.0:
-                    bx = pol_axis[1] * iz - pol_axis[2] * iy
-                    by = pol_axis[2] * ix - pol_axis[0] * iz
-                    bz = pol_axis[0] * iy - pol_axis[1] * ix
-                    bn = math.sqrt(bx * bx + by * by + bz * bz)
-                    bx, by, bz = bx / bn, by / bn, bz / bn
-                    ex = iy * bz - iz * by
-                    ey = iz * bx - ix * bz
-                    ez = ix * by - iy * bx
-                    en = math.sqrt(ex * ex + ey * ey + ez * ez)
-                    ex, ey, ez = ex / en, ey / en, ez / en
-                    psi = -math.atan2(dx * bx + dy * by + dz * bz, dx * ex + dy * ey + dz * ez)
-                    polar = 0.5 * (1.0 + c2s - kahn * math.cos(2 * psi) * s2s)
-                else:
-                    polar = 0.5 * (1.0 + c2s)
+            polar = _polar(ix, iy, iz, dx, dy, dz, pol_axis, kahn, nopolar)
             d32 = np.float32((np.float64(img[s, f]) - adc) / gain)
             sign = 1.0
             if d32 < 0.0:
@@ -395,8 +388,7 @@ def fit_pixels(S, F, O, geo, px, curved, point_pixel, inc, lam_m, kahn, pol_axis
         if _FIT is None:
             try:
                 import numba
-                g = globals()
-                g["_prange"] = numba.prange
+                _use_numba(numba)
                 _FIT = numba.njit(cache=True, parallel=True, error_model="numpy")(_fit_k)
             except Exception:  # pragma: no cover
                 _FIT = _fit_k
