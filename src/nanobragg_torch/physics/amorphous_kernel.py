@@ -21,6 +21,29 @@ _LOCK = threading.Lock()
 _JIT = None
 
 
+def _position_py(Fdet, Sdet, pix0, fdet, sdet, beam, distance, curved):
+    """The lab position (m) of the detector point (Fdet, Sdet): on the plane, or on the sphere of
+    -curved_det (distance x beam turned about sdet by y/distance, then about fdet by z/distance)."""
+    x = Fdet * fdet[0] + Sdet * sdet[0] + pix0[0]
+    y = Fdet * fdet[1] + Sdet * sdet[1] + pix0[1]
+    z = Fdet * fdet[2] + Sdet * sdet[2] + pix0[2]
+    if curved:
+        vx, vy, vz = distance * beam[0], distance * beam[1], distance * beam[2]
+        for step in range(2):
+            if step == 0:
+                ax, ay, az, phi = sdet[0], sdet[1], sdet[2], y / distance
+            else:
+                ax, ay, az, phi = fdet[0], fdet[1], fdet[2], z / distance
+            sn, cs = math.sin(phi), math.cos(phi)
+            dot = (ax * vx + ay * vy + az * vz) * (1.0 - cs)
+            nx = ax * dot + vx * cs + (-az * vy + ay * vz) * sn
+            ny = ay * dot + vy * cs + (az * vx - ax * vz) * sn
+            nz = az * dot + vz * cs + (-ay * vx + ax * vy) * sn
+            vx, vy, vz = nx, ny, nz
+        return vx, vy, vz
+    return x, y, z
+
+
 def _polar_py(ix, iy, iz, dx, dy, dz, pol_axis, kahn, nopolar):
     """The polarization factor of incident direction i and diffracted direction d (unit vectors),
     as the C's: B_in = axis x i, E_in = i x B_in (unit vectors), psi from d's components."""
@@ -45,16 +68,19 @@ def _polar_py(ix, iy, iz, dx, dy, dz, pol_axis, kahn, nopolar):
     return 0.5 * (1.0 + c2s)
 
 
-_polar = _polar_py          # numba's compiled twin once a kernel is compiled (_use_numba)
+# the kernels' helpers; numba's compiled twins once a kernel is compiled (_use_numba)
+_position = _position_py
+_polar = _polar_py
 
 
 def _use_numba(numba):
-    """Point the kernels' globals at numba's versions (prange, the compiled _polar) before
+    """Point the kernels' globals at numba's versions (prange, the compiled helpers) before
     compiling a kernel: numba resolves a kernel's globals when it compiles it."""
     g = globals()
     g["_prange"] = numba.prange
-    if g["_polar"] is _polar_py:
-        g["_polar"] = numba.njit(cache=True, inline="always", error_model="numpy")(_polar_py)
+    for name, py in (("_position", _position_py), ("_polar", _polar_py)):
+        if g[name] is py:
+            g[name] = numba.njit(cache=True, inline="always", error_model="numpy")(py)
 
 
 def _render_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, point_pixel,
@@ -76,23 +102,7 @@ def _render_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, poin
                 for subF in range(O):
                     Fdet = sub * (f * O + subF) + sub / 2.0
                     Sdet = sub * (s * O + subS) + sub / 2.0
-                    x = Fdet * fdet[0] + Sdet * sdet[0] + pix0[0]
-                    y = Fdet * fdet[1] + Sdet * sdet[1] + pix0[1]
-                    z = Fdet * fdet[2] + Sdet * sdet[2] + pix0[2]
-                    if curved:
-                        vx, vy, vz = distance * beam[0], distance * beam[1], distance * beam[2]
-                        for step in range(2):
-                            if step == 0:
-                                ax, ay, az, phi = sdet[0], sdet[1], sdet[2], y / distance
-                            else:
-                                ax, ay, az, phi = fdet[0], fdet[1], fdet[2], z / distance
-                            sn, cs = math.sin(phi), math.cos(phi)
-                            dot = (ax * vx + ay * vy + az * vz) * (1.0 - cs)
-                            nx = ax * dot + vx * cs + (-az * vy + ay * vz) * sn
-                            ny = ay * dot + vy * cs + (az * vx - ax * vz) * sn
-                            nz = az * dot + vz * cs + (-ay * vx + ax * vy) * sn
-                            vx, vy, vz = nx, ny, nz
-                        x, y, z = vx, vy, vz
+                    x, y, z = _position(Fdet, Sdet, pix0, fdet, sdet, beam, distance, curved)
                     air = math.sqrt(x * x + y * y + z * z)
                     inv = 1.0 / air
                     dx, dy, dz = x * inv, y * inv, z * inv
@@ -321,23 +331,7 @@ def _fit_k(S, F, O, pix0, fdet, sdet, beam, distance, close, px, curved, point_p
         for f in range(F):
             Fdet = sub * (f * O + (O - 1)) + sub / 2.0
             Sdet = sub * (s * O + (O - 1)) + sub / 2.0
-            x = Fdet * fdet[0] + Sdet * sdet[0] + pix0[0]
-            y = Fdet * fdet[1] + Sdet * sdet[1] + pix0[1]
-            z = Fdet * fdet[2] + Sdet * sdet[2] + pix0[2]
-            if curved:
-                vx, vy, vz = distance * beam[0], distance * beam[1], distance * beam[2]
-                for step in range(2):
-                    if step == 0:
-                        ax, ay, az, phi = sdet[0], sdet[1], sdet[2], y / distance
-                    else:
-                        ax, ay, az, phi = fdet[0], fdet[1], fdet[2], z / distance
-                    sn, cs = math.sin(phi), math.cos(phi)
-                    dot = (ax * vx + ay * vy + az * vz) * (1.0 - cs)
-                    nx = ax * dot + vx * cs + (-az * vy + ay * vz) * sn
-                    ny = ay * dot + vy * cs + (az * vx - ax * vz) * sn
-                    nz = az * dot + vz * cs + (-ay * vx + ax * vy) * sn
-                    vx, vy, vz = nx, ny, nz
-                x, y, z = vx, vy, vz
+            x, y, z = _position(Fdet, Sdet, pix0, fdet, sdet, beam, distance, curved)
             air = math.sqrt(x * x + y * y + z * z)
             dx, dy, dz = x / air, y / air, z / air
             if point_pixel:
