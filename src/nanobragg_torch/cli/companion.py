@@ -81,7 +81,15 @@ def usage_lines(rules: Sequence[Rule]) -> List[str]:
     return out
 
 
-def run_main(prog: str, body: Callable[[List[str]], int], argv: Optional[List[str]] = None) -> int:
+def run_main(prog: str, body: Callable[[List[str]], int], argv: Optional[List[str]] = None, *,
+             usage_errors: tuple = USAGE_ERRORS, output_errors: tuple = (), interrupted: str = "interrupted",
+             out_of_memory: Optional[Callable[[BaseException], Optional[str]]] = None) -> int:
+    """Run ``body(argv)`` under the programs' error policy (nanoBragg's ``main`` too): one line on
+    stderr and exit 2 for ``usage_errors``, 1 for ``output_errors`` (their message), other OSErrors
+    (file: reason) and, where ``out_of_memory(e)`` gives a message, running out of memory; 130 when
+    interrupted (``prog: interrupted``); a broken pipe re-raised (the console entry point exits
+    quietly, 141); anything else 3, an internal error in one line (``NB_DEBUG=1``: the traceback)."""
+    from .._console import is_broken_pipe
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("NB_DEBUG", "").strip() not in ("", "0")
 
@@ -94,19 +102,26 @@ def run_main(prog: str, body: Callable[[List[str]], int], argv: Optional[List[st
                 warnings.simplefilter("ignore", RuntimeWarning)
             with np.errstate(all="ignore"):
                 return body(argv)
-    except USAGE_ERRORS as e:
+    except usage_errors as e:
         error(e)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        raise                   # the reader of stdout left: the console entry point exits quietly (141)
+    except output_errors as e:
+        error(e)
+        return EXIT_IO
     except OSError as e:
+        if is_broken_pipe(e):       # the reader of stdout went away (| head): quiet, as in C
+            raise
         name = f"{e.filename}: " if getattr(e, "filename", None) else ""
         error(f"{name}{e.strerror or e}")
         return EXIT_IO
-    except Exception as e:  # noqa: BLE001 - one line, never a traceback
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, never a traceback
+        message = out_of_memory(e) if out_of_memory is not None else None
+        if message:
+            error(message)
+            return EXIT_IO
         if debug:
             traceback.print_exc()
         first = " ".join((str(e).splitlines() or [""])[0].split())

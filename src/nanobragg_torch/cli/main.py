@@ -14,15 +14,12 @@ import os
 import sys
 import tempfile
 import threading
-import traceback
-import warnings
 from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
 
 from .. import pipeline
-from .._console import is_broken_pipe
 from ..io.formats import (FormatError, check_available, format_from_extension, missing_packages,
                           missing_packages_message)
 from ..io.hkl import InputFileError, write_fdump
@@ -480,10 +477,6 @@ def write_outputs(done: "pipeline.Rendered", out, writer: "_Writer") -> None:
 # the program
 # ---------------------------------------------------------------------------
 
-def _one_line(msg) -> str:
-    return " ".join(str(msg).split())
-
-
 def _is_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, MemoryError):
         return True
@@ -498,43 +491,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     1 an output cannot be written, or not enough memory; 130 interrupted;
     3 an internal error (one line; ``NB_DEBUG=1`` prints the traceback).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("NB_DEBUG", "").strip() not in ("", "0")
+    from .companion import run_main
 
-    def error(msg):
-        print(f"nanoBragg: error: {_one_line(msg)}", file=sys.stderr)
-
-    try:
-        with warnings.catch_warnings():
-            if not debug:
-                warnings.simplefilter("ignore", RuntimeWarning)
-            with np.errstate(all="ignore"):
-                return run(argv)
-    except USAGE_ERRORS as e:
-        error(e)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("nanoBragg: interrupted; no output was written after the interruption", file=sys.stderr)
-        return 130
-    except OutputPathError as e:
-        error(e)
-        return EXIT_IO
-    except OSError as e:
-        if is_broken_pipe(e):       # the reader of stdout went away (| head): quiet, as in C
-            raise
-        name = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        error(f"{name}{e.strerror or e}")
-        return EXIT_IO
-    except Exception as e:  # noqa: BLE001 - the last resort: one line, never a traceback
+    def out_of_memory(e):
         if _is_out_of_memory(e):
-            error("not enough memory for this image (reduce -oversample, the steps, or the detector size)")
-            return EXIT_IO
-        if debug:
-            traceback.print_exc()
-        first = _one_line(str(e).splitlines()[0] if str(e) else "")
-        print(f"nanoBragg: internal error: {type(e).__name__}: {first} "
-              f"(set NB_DEBUG=1 to see the traceback)", file=sys.stderr)
-        return EXIT_INTERNAL
+            return "not enough memory for this image (reduce -oversample, the steps, or the detector size)"
+        return None
+    return run_main("nanoBragg", run, argv, usage_errors=USAGE_ERRORS, output_errors=(OutputPathError,),
+                    interrupted="interrupted; no output was written after the interruption",
+                    out_of_memory=out_of_memory)
 
 
 def console_main():
