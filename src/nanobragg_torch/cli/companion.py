@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from ..io.hkl import InputFileError
-from .flags import FlagError, Rule, _check_values
+from .flags import FlagError, Rule, check_rules
 from .resolve import SetupError
 
 EXIT_USAGE, EXIT_IO, EXIT_INTERNAL = 2, 1, 3
@@ -28,24 +28,7 @@ USAGE_ERRORS = (FlagError, SetupError, InputFileError)
 
 def check_argv(rules: Sequence[Rule], argv: List[str], positional: Callable[[str], bool] = lambda a: False):
     """Strict pass over ``argv``: unknown flags and malformed values of documented names."""
-    names = {n: r for r in rules for n in r.names}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        rule = names.get(arg)
-        if rule is not None:
-            i += 1 + _check_values(arg, rule, argv[i + 1:])
-            continue
-        if arg.startswith("-") and len(arg) > 1:
-            matched = [r for r in rules if r.match(arg)]
-            if not matched:
-                raise FlagError(f"unknown flag {arg!r} (see -h for the list of flags)")
-            i += 1 + max(r.need for r in matched)
-            continue
-        if positional(arg):
-            i += 1
-            continue
-        raise FlagError(f"unexpected argument {arg!r} (values must follow their flag)")
+    check_rules(rules, {n: r for r in rules for n in r.names}, argv, positional)
 
 
 def apply_rules(rules: Sequence[Rule], argv: List[str], flags) -> None:

@@ -661,22 +661,31 @@ def _matches_any(arg: str) -> bool:
     return any(r.match(arg) for r in ALL_RULES)
 
 
-def check_argv(argv: List[str]) -> None:
-    """Strict pass: unknown flags and malformed values of documented flags."""
+def check_rules(rules, names, argv: List[str], positional=lambda arg: False) -> None:
+    """Strict pass over ``argv`` for a program's ``rules`` (``names``: documented name -> rule):
+    unknown flags, malformed values of documented names, stray words (unless ``positional``)."""
     i = 0
     while i < len(argv):
         arg = argv[i]
-        rule = _NAME_ARITY.get(arg)
+        rule = names.get(arg)
         if rule is not None:
             i += 1 + _check_values(arg, rule, argv[i + 1:])
             continue
         if arg.startswith("-") and len(arg) > 1:
-            matched = [r for r in ALL_RULES if r.match(arg)]
+            matched = [r for r in rules if r.match(arg)]
             if not matched:
                 raise FlagError(f"unknown flag {arg!r} (see -h for the list of flags)")
             i += 1 + max(r.need for r in matched)
             continue
+        if positional(arg):
+            i += 1
+            continue
         raise FlagError(f"unexpected argument {arg!r} (values must follow their flag)")
+
+
+def check_argv(argv: List[str]) -> None:
+    """Strict pass: unknown flags and malformed values of documented flags."""
+    check_rules(ALL_RULES, _NAME_ARITY, argv)
 
 
 def parse_flags(argv: List[str], strict: bool = True, base: Optional[RawFlags] = None) -> RawFlags:
