@@ -133,6 +133,19 @@ def test_float32_refuses_a_flat_detector_closer_than_it_resolves(tmp_path):
     assert img.size == 1 and np.isfinite(img).all()
 
 
+def test_float64_refuses_a_detector_closer_than_it_resolves(tmp_path):
+    """Found by the extended random run: -detector_rotz 0.0078125 with the beam along y leaves the
+    1 mm pixel 1.4e-16 m from the sample, below float64's resolution of its position too: one line
+    (without the advice to use float64), nothing written."""
+    rc, err = _main(tmp_path, "-cell 20 20 20 70 70 70 -N 0 -default_F 1 -lambda 1 -detpixels_f 1 "
+                              "-detpixels_s 1 -pixel 1 -distance 1e-9 -detector_rotx 0 -detector_roty 0 "
+                              "-detector_rotz 0.0078125 -beam_vector 0 1 0 -oversample 1 -dtype float64 "
+                              "-seed 0 -mosaic_seed 0")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "closer than -dtype float64 resolves" in err and "render with -dtype float64" not in err, err
+    assert not (tmp_path / "f.bin").exists()
+
+
 def test_api_refuses_float32_below_its_resolution():
     from nanobragg_torch import simulate
     from nanobragg_torch.config import (BeamConfig, CrystalConfig, DetectorConfig, SimulationOptions,

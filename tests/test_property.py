@@ -152,7 +152,7 @@ _write_inputs(WORK)
 
 REFUSED_GEOMETRY = ("parallel to the detector", "sample lies in the detector plane", "too far to render",
                     "exceed the range of the 4-byte float image", "axes are parallel",
-                    "closer than -dtype float32 resolves")
+                    "closer than -dtype float32 resolves", "closer than -dtype float64 resolves")
 
 
 @cfg(100 if CI else 50)

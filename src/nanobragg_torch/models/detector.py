@@ -251,9 +251,11 @@ def precision_problem(geo: DetectorGeometry, width_m: float, height_m: float, dt
     nearest = to_float(torch.linalg.vector_norm(pix0 + a * f + b * s))
     limit = MIN_CLOSE_IN_ROUNDING_UNITS * eps * extent
     if nearest < limit:
+        single = eps > 1e-10
         return ("the detector comes within %.3g m of the sample, closer than -dtype %s resolves the "
-                "positions of pixels up to %.3g m away (%.2g m): render with -dtype float64, or move the "
-                "detector away" % (nearest, "float32" if eps > 1e-10 else "float64", extent, limit))
+                "positions of pixels up to %.3g m away (%.2g m): %smove the detector away"
+                % (nearest, "float32" if single else "float64", extent, limit,
+                   "render with -dtype float64, or " if single else ""))
     return None
 
 
