@@ -57,6 +57,76 @@ def test_cnoise_noise_image_matches_numba_kernel(roi, nthreads, shape):
         assert np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3])   # the generator's state after
 
 
+# ran1's LCG values where tan(PI u) is hardest: u near 0 (x near 0), near 1/4, 1/2 (the pole, where
+# fl(PI u) lies within 1e-16 of pi/2), 3/4 and 1, and random blocks; every float mean near the
+# ends of the set-up's range and around powers of two
+_IM = 2147483647
+_TAN_RANGES = [(1, 1 << 20), ((1 << 29) - (1 << 19), 1 << 20), ((1 << 30) - (1 << 19), 1 << 20),
+               (3 * (1 << 29) - (1 << 19), 1 << 20), (_IM - (1 << 20), (1 << 20) - 1)]
+
+
+def _f32_bits(x):
+    import struct
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+@needs_c
+def test_fast_tan_and_logs_give_libms_floats():
+    """Every draw's tan(PI u) as float equals libm's on the hard ranges and random blocks (the
+    whole range: scripts/check_fast_functions.py), the fast tan is within a few ulp, the logs
+    of poidev's acceptance test far inside its margin."""
+    lib = cnoise.load()
+    r = np.random.default_rng(5)
+    ranges = _TAN_RANGES + [(int(v), 1 << 18) for v in r.integers(1, _IM - (1 << 18), size=8)]
+    for start, count in ranges:
+        bad, st = cnoise.lanes_check(lib, "tan", start, count)
+        assert bad == 0, (start, st)
+        assert st["tan_ulps"] <= 8 and st["c_error"] < 1e-13 and st["L_error"] < 1e-13, (start, st)
+
+
+@needs_c
+def test_fast_poidev_setup_gives_the_scalars_floats():
+    lib = cnoise.load()
+    starts = [_f32_bits(12.0) - 1000, _f32_bits(1.0e6) - (1 << 20)] + \
+             [_f32_bits(float(2 ** k)) - (1 << 16) for k in range(4, 20)]
+    r = np.random.default_rng(6)
+    starts += [int(v) for v in r.integers(_f32_bits(12.0), _f32_bits(1.0e6), size=8)]
+    for start in starts:
+        bad, st = cnoise.lanes_check(lib, "setup", start, 1 << 17)
+        assert bad == 0, (start, st)
+    with pytest.raises(ValueError):
+        cnoise.lanes_check(lib, "tan", 0, 8)
+
+
+@needs_c
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_acceptance_test_in_logs_decides_as_the_exact_test(nthreads):
+    """poidev's acceptance test decided in logs (within its margin, exactly) draws the images the
+    exact test draws, on every branch: the same noise image with the margin infinite (the exact
+    test always) and with the default one, and noisify's calibrated loop likewise."""
+    from nanobragg_torch import rng
+    from nanobragg_torch.noisify_program import NoisifyParams, noisify_c
+    lib = cnoise.load()
+    img = _image(151, 131)
+    S, F = img.shape
+    outs = []
+    old = cnoise.acc_eps(lib)
+    try:
+        for eps in (old, float("inf")):
+            cnoise.acc_eps(lib, eps)
+            st = rng.CRandom()
+            seed = np.array([-3], dtype=np.int64)
+            out = np.zeros((S, F), np.uint16)
+            got = cnoise.noise(lib, img, 0, F - 1, 0, S - 1, 40.0, st._ist, st._fst, seed, out, nthreads=nthreads)
+            p = NoisifyParams(xpixels=F, ypixels=S, pixel_size=0.1e-3, seed=-5)
+            outs.append((out, got, st._ist.copy(), int(seed[0]), noisify_c(img, p, impl="c").noise_adu))
+    finally:
+        cnoise.acc_eps(lib, old)
+    (a, ga, ia, sa, na), (b, gb, ib, sb, nb) = outs
+    assert np.array_equal(a, b) and ga == gb and np.array_equal(ia, ib) and sa == sb
+    assert np.array_equal(na, nb)
+
+
 _CASES = [
     dict(),
     dict(flicker=0.05, calibration=0.04, readout=3.0, gain=2.0, adc=10.0),
@@ -88,6 +158,57 @@ def test_noisify_c_kernels_match_numba_kernels(kw):
     # the printed statistics; the lost-photon total is summed in pixel order in C, pairwise in numpy
     strip = lambda r: [x for x in r if not x.startswith("adding back")]      # noqa: E731
     assert strip(a.report) == strip(b.report)
+
+
+@needs_c
+@pytest.mark.parametrize("kind,fwhm,user,wrap", [("gauss", 1.5, 0, True), ("gauss", 0.87, 0, False),
+                                                 ("fiber", 0.6, 0, True), ("fiber", 1.2, 4, True)])
+def test_noise_with_psf_behind_it_matches_the_two_passes(kind, fwhm, user, wrap):
+    """nb_photon_noise_psf (the PSF made row by row behind the draws, with a kernel larger than
+    the counts need) gives the counts, generator state, blurred image and lost photons of
+    nb_photon_noise followed by nb_psf with the counts' own radius."""
+    from nanobragg_torch import rng
+    from nanobragg_torch.physics import psf_common
+    lib = cnoise.load()
+    img = _image(151, 131).reshape(-1) * np.float32(0.01)
+    ny, nx = 151, 131
+    g = fwhm * psf_common.FIBER_G_PER_FWHM
+    res = []
+    for fused in (False, True):
+        st = rng.CRandom()
+        seed, cseed = np.array([-9], np.int64), np.array([-123456789], np.int64)
+        if fused:
+            r = user or min(psf_common.auto_radius(kind, fwhm, 5e6) + 2, max(nx, ny))
+            kern = cnoise.psf_kernel(lib, kind == "gauss", fwhm, g, r)
+            counts, total, out, lost = cnoise.photon_noise_psf(lib, img, nx, ny, 0.0, 0.03, st._ist, st._fst, seed,
+                                                              cseed, kind == "gauss", fwhm, g, user, r, wrap, kern,
+                                                              2e5, nthreads=2)
+        else:
+            counts, total = cnoise.photon_noise(lib, img, 0.0, 0.03, st._ist, st._fst, seed, cseed)
+            r = user or min(psf_common.auto_radius(kind, fwhm, float(counts.max())), max(nx, ny))
+            kern = cnoise.psf_kernel(lib, kind == "gauss", fwhm, g, r)
+            out, lost = cnoise.psf(lib, counts, nx, ny, kind == "gauss", fwhm, g, user, r, wrap, kern)
+        res.append((counts, total, out, lost, st._ist.copy(), int(seed[0]), int(cseed[0])))
+    (a, *ra), (b, *rb) = res
+    assert np.array_equal(a, b) and np.array_equal(ra[1], rb[1]) and np.array_equal(ra[3], rb[3])
+    assert ra[0] == rb[0] and ra[2] == rb[2] and ra[4:] == rb[4:]
+
+
+@needs_c
+def test_noisify_psf_radius_above_the_bound_is_made_again(monkeypatch):
+    """Counts that need a larger PSF radius than the one chosen for their bound: the PSF is made
+    again with theirs, and the images are those of the plain Python kernels."""
+    from nanobragg_torch import noisify_program
+    from nanobragg_torch.noisify_program import NoisifyParams, noisify_c
+    img = _image()
+    S, F = img.shape
+    p = NoisifyParams(xpixels=F, ypixels=S, pixel_size=0.1e-3, seed=-11, psf="gauss", psf_fwhm=150e-6)
+    want = noisify_c(img, p, impl="numba")
+    monkeypatch.setattr(noisify_program, "_count_bound", lambda photons, p: 1.0)
+    got = noisify_c(img, p, impl="c")
+    assert np.array_equal(got.noise_adu, want.noise_adu)
+    strip = lambda r: [x for x in r if not x.startswith("adding back")]      # noqa: E731
+    assert strip(got.report) == strip(want.report)
 
 
 @needs_c

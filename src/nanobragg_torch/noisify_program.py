@@ -350,6 +350,58 @@ def _cnoise():
     return lib
 
 
+def _psf_radius(p: NoisifyParams, fwhm: float, max_I: float, say) -> int:
+    """The C's kernel radius (its lines printed), 0 when there are no photons (PSF skipped)."""
+    radius = int(p.psf_radius)
+    if radius <= 0:
+        say("  maximum input photon/pixel: %s" % _g(max_I))
+        if max_I <= 0.0:
+            say("WARNING: no photons, PSF skipped")
+            return 0
+        radius = _psfc.auto_radius(p.psf, fwhm, max_I)
+        say("  auto-selected psf_radius = %d pixels" % radius)
+    return min(radius, max(p.xpixels, p.ypixels))
+
+
+def _count_bound(photons: np.ndarray, p: NoisifyParams) -> float:
+    """A bound of the noise image's counts in practice: 10 standard deviations above the largest
+    mean with flicker and calibration at 7 rms (a count above it costs a second PSF pass)."""
+    top = float(np.max(photons, initial=0.0)) * (1.0 + 7.0 * (max(p.flicker, 0.0) + max(p.calibration, 0.0)))
+    return top + 10.0 * math.sqrt(top) + 64.0
+
+
+def _noise_psf_c(photons: np.ndarray, p: NoisifyParams, ist, fst, seed, cseed, lib, say):
+    """The C kernel's draws with the PSF of the counts made behind them (one pass): (counts before
+    the PSF, photon sum, blurred image).  The kernel's radius is chosen for _count_bound (a larger
+    radius than the counts need gives the same image); should the counts need a larger one, the
+    PSF is made again with it.  The same images and lines as photon_noise then _psf_c."""
+    from .backends import cnoise
+    nx, ny = p.xpixels, p.ypixels
+    fwhm = p.psf_fwhm / p.pixel_size
+    g = fwhm * _psfc.FIBER_G_PER_FWHM
+    gauss = p.psf == "gauss"
+    wrap = p.psf_edges == "c"
+    bound = _count_bound(photons, p)
+    maxwidth = max(nx, ny)
+    rb = int(p.psf_radius) if p.psf_radius > 0 else _psfc.auto_radius(p.psf, fwhm, bound)
+    rb = min(rb, maxwidth)
+    kern = cnoise.psf_kernel(lib, gauss, fwhm, g, rb)
+    tab = bound if bound < 0.5 * nx * ny else -1.0
+    counts, total, out, lost = cnoise.photon_noise_psf(lib, photons, nx, ny, p.flicker, p.calibration, ist, fst,
+                                                      seed, cseed, gauss, fwhm, g, int(p.psf_radius), rb, wrap,
+                                                      kern, tab)
+    say("%.0f photons on noise image before PSF" % total)
+    say("  applying PSF width = %s um" % _g(p.psf_fwhm * 1e6))
+    radius = _psf_radius(p, fwhm, float(np.max(counts, initial=0.0)), say)
+    if radius == 0:
+        return counts, total, np.zeros_like(counts)
+    if radius > rb:                       # a count above the bound: the PSF for its radius
+        kern = cnoise.psf_kernel(lib, gauss, fwhm, g, radius)
+        out, lost = cnoise.psf(lib, counts, nx, ny, gauss, fwhm, g, int(p.psf_radius), radius, wrap, kern)
+    say("adding back %s lost photons" % _g(lost))
+    return counts, total, out
+
+
 def _psf_c(photons: np.ndarray, p: NoisifyParams, say, lib=None) -> np.ndarray:
     """The C's apply_psf on a flat float32 image; returns a new flat float32 image."""
     nx, ny = p.xpixels, p.ypixels
@@ -359,17 +411,10 @@ def _psf_c(photons: np.ndarray, p: NoisifyParams, say, lib=None) -> np.ndarray:
     gauss = p.psf == "gauss"
     if pixels == 0 or fwhm <= 0.0:
         return photons
-    radius = int(p.psf_radius)
-    if radius <= 0:
-        max_I = float(np.max(photons, initial=0.0))
-        say("  maximum input photon/pixel: %s" % _g(max_I))
-        if max_I <= 0.0:
-            say("WARNING: no photons, PSF skipped")
-            return np.zeros_like(photons)
-        radius = _psfc.auto_radius(p.psf, fwhm, max_I)
-        say("  auto-selected psf_radius = %d pixels" % radius)
+    radius = _psf_radius(p, fwhm, float(np.max(photons, initial=0.0)) if p.psf_radius <= 0 else 0.0, say)
+    if radius == 0:
+        return np.zeros_like(photons)
     maxwidth = max(nx, ny)
-    radius = min(radius, maxwidth)
     wrap = p.psf_edges == "c"
     if lib is not None:
         from .backends import cnoise
@@ -443,14 +488,17 @@ def noisify_c(image: np.ndarray, p: NoisifyParams, impl: str = "auto", on_ideal=
     ist, fst = state._ist, state._fst
     seed = np.array([p.seed], dtype=np.int64)
     cseed = np.array([p.calib_seed], dtype=np.int64)
-    if lib is not None:
+    fused = lib is not None and p.psf and p.psf_fwhm / p.pixel_size > 0.0 and flat.shape[0] > 0
+    if fused:
+        _, total, counts = _noise_psf_c(photons, p, ist, fst, seed, cseed, lib, say)
+    elif lib is not None:
         counts, total = cnoise.photon_noise(lib, photons, p.flicker, p.calibration, ist, fst, seed, cseed)
     else:
         _enable_jit()
         drawn = np.empty(flat.shape[0], dtype=np.float64)
         total = _photon_noise_k(photons, float(p.flicker), float(p.calibration), ist, fst, seed, cseed, drawn)
         counts = drawn.astype(np.float32)
-    if p.psf and p.psf_fwhm > 0.0:
+    if p.psf and p.psf_fwhm > 0.0 and not fused:
         say("%.0f photons on noise image before PSF" % total)
         say("  applying PSF width = %s um" % _g(p.psf_fwhm * 1e6))
         counts = _psf_c(counts, p, say, lib)

@@ -5,13 +5,21 @@
  * same explicit roundings to float, so the images are identical.  Built without fast-math and
  * without FMA contraction, which would change those roundings.
  *
- * The draws are one serial stream (pixel after pixel, as the C programs); two things make
- * that stream cheaper without changing a bit of it:
- *  - poidev's per-mean set-up (sqrt(2 xm), log xm, xm log xm - gammln(xm + 1)) depends on
- *    the pixel's mean only; where the means are known in advance (nonBragg's image, noisify
- *    without flicker or calibration error) a second thread computes it ahead of the stream;
+ * The draws are one serial stream (pixel after pixel, as the C programs).  What makes it cheap
+ * without changing a bit of it (each gives the very values the serial code computes):
+ *  - ran1's outputs are the seeds' LCG values, delayed by the shuffle table: a producer thread
+ *    makes each seed's values ahead, in SIMD lanes, with what the draws compute from one output
+ *    alone (ran1's float, tan(PI u) as float, two logs for poidev's acceptance test); the
+ *    consumer keeps the shuffle table and decides poidev's test in logs where it is not
+ *    within acc_eps of its boundary (exactly, with libm's exp, where it is);
+ *  - the fast tan and log are checked lane by lane: where the float rounding of a fast value is
+ *    not certain (round_sure_v8), libm's function gives it;
+ *  - poidev's per-mean set-up (sqrt(2 xm), log xm, xm log xm - gammln(xm + 1)) depends on the
+ *    pixel's mean only; where the means are known in advance (nonBragg's image, noisify without
+ *    flicker or calibration error) the producer computes it ahead, in lanes, checked the same way;
  *  - gammln(em + 1) of the rejection loop takes integer em: a table filled on first use.
- * Both give the very values the serial code computes (pure functions of their arguments).
+ * nb_lanes_check() measures the fast functions against libm (tests/test_companion_kernels.py,
+ * scripts/check_fast_functions.py over every value ran1 can return).
  *
  * State (shared with rng.CRandom):
  *   ist: int64[2 + 32]  iy, iset, iv[32]
@@ -25,6 +33,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define IA 16807
 #define IM 2147483647
@@ -47,7 +56,7 @@ static const double PI = 3.141592653589793;      /* Python math.pi */
 
 static inline double f32(double x) { return (double)(float)x; }
 
-int nb_noise_abi(void) { return 2; }
+int nb_noise_abi(void) { return 3; }
 
 static double ran1(int64_t *ist, int64_t *seed)
 {
@@ -162,14 +171,478 @@ static inline void poidev_setup(double xm, float *pre)
     pre[2] = (float)(f32(xm * alxm) - gammln(f32(xm + 1.0)));
 }
 
-/* poidev with an optional precomputed set-up (pre, or NULL) and gammln table (lgt, or NULL).
+/* ---- libm's results in SIMD lanes ----------------------------------------------------------
+ * Fast log and tan in 8 double lanes; where a value is rounded to float next (as the C rounds
+ * them), round_sure_v8() tells the lanes whose float is certain: the fast value is more than TOL
+ * double ulps from a rounding midpoint, so libm's value (within its own error of the exact one)
+ * rounds to the same float.  The other lanes take libm's function. */
+typedef double v8 __attribute__((vector_size(64)));
+typedef int64_t v8l __attribute__((vector_size(64)));
+typedef float v8fs __attribute__((vector_size(32)));
+
+static inline v8 v8_splat(double a) { return (v8){a, a, a, a, a, a, a, a}; }
+
+#define TOL 64                /* double ulps: a fast function's error and libm's, with room */
+
+/* log of finite normal x > 0, absolute error < 4e-15 */
+static inline v8 log_v8(v8 x)
+{
+    v8l bits;
+    __builtin_memcpy(&bits, &x, sizeof bits);
+    v8l ex = ((bits >> 52) & 0x7ff) - 1023;
+    v8l mb = (bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL;
+    v8 m;
+    __builtin_memcpy(&m, &mb, sizeof m);
+    v8l big = m > 1.4142135623730951;           /* m in [sqrt(1/2), sqrt(2)) */
+    m = (v8)(((v8l)(m * 0.5) & big) | ((v8l)m & ~big));
+    ex = ex - big;                               /* big is -1 where true */
+    v8 s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    v8 p = v8_splat(1.0 / 19.0);
+    p = p * s2 + 1.0 / 17.0;
+    p = p * s2 + 1.0 / 15.0;
+    p = p * s2 + 1.0 / 13.0;
+    p = p * s2 + 1.0 / 11.0;
+    p = p * s2 + 1.0 / 9.0;
+    p = p * s2 + 1.0 / 7.0;
+    p = p * s2 + 1.0 / 5.0;
+    p = p * s2 + 1.0 / 3.0;
+    return __builtin_convertvector(ex, v8) * 0.6931471805599453 + (2.0 * s + 2.0 * s * s2 * p);
+}
+
+/* the lanes whose rounding to float is certain (-1) when t is within TOL double ulps of libm's
+ * value: t is more than TOL ulps from a rounding midpoint */
+static inline v8l round_sure_v8(v8 t)
+{
+    v8l b;
+    __builtin_memcpy(&b, &t, sizeof b);
+    v8l d = (b & ((1LL << 29) - 1)) - (1LL << 28);   /* the bits float rounding drops, less half */
+    v8 at = (v8)((v8l)t & 0x7fffffffffffffffLL);
+    return ((d > TOL) | (d < -TOL)) & (at > 1e-30) & (at < 1e30);
+}
+
+static inline v8 f32_v8(v8 x) { return __builtin_convertvector(__builtin_convertvector(x, v8fs), v8); }
+
+/* tan(x) for x in [0, 3.2]: within a few ulp of libm's (nb_lanes_check) */
+static inline v8 tan_v8(v8 x)
+{
+    const double pio2_1 = 1.57079632673412561417e+00, pio2_2 = 6.07710050630396597660e-11,
+                 pio2_3 = 2.02226624871116645580e-21, pio2_3t = 8.47842766036889956997e-32;
+    /* x - n pi/2 in four parts (fdlibm's): x = fl(PI u) can lie within 1e-16 of pi/2 */
+    v8 n = __builtin_convertvector(__builtin_convertvector(x * 0.63661977236758134308 + 0.5, v8l), v8);
+    v8 r = (((x - n * pio2_1) - n * pio2_2) - n * pio2_3) - n * pio2_3t;
+    v8 z = r * r;
+    /* sin and cos of |r| <= pi/4 (fdlibm's kernel coefficients) */
+    const double S1 = -1.66666666666666324348e-01, S2 = 8.33333333332248946124e-03,
+                 S3 = -1.98412698298579493134e-04, S4 = 2.75573137070700676789e-06,
+                 S5 = -2.50507602534068634195e-08, S6 = 1.58969099521155010221e-10;
+    const double C1 = 4.16666666666666019037e-02, C2 = -1.38888888888741095749e-03,
+                 C3 = 2.48015872894767294178e-05, C4 = -2.75573143513906633035e-07,
+                 C5 = 2.08757232129817482790e-09, C6 = -1.13596475577881948265e-11;
+    v8 sn = r + r * z * (S1 + z * (S2 + z * (S3 + z * (S4 + z * (S5 + z * S6)))));
+    v8 cp = z * (C1 + z * (C2 + z * (C3 + z * (C4 + z * (C5 + z * C6)))));
+    v8 hz = 0.5 * z, w = 1.0 - hz;
+    v8 cs = w + (((1.0 - w) - hz) + z * cp);
+    v8l odd = (__builtin_convertvector(n, v8l) & 1) != 0;
+    v8 num = (v8)(((v8l)(-cs) & odd) | ((v8l)sn & ~odd));
+    v8 den = (v8)(((v8l)sn & odd) | ((v8l)cs & ~odd));
+    return num / den;
+}
+
+/* poidev's acceptance test is decided in logs where they differ by more than this (float
+ * rounding of t is 6e-8 in log; the logs' errors 1e-14); nb_acc_eps() sets it (tests) */
+static double acc_eps = 1e-6;
+
+double nb_acc_eps(double v)
+{
+    double old = acc_eps;
+    if (v >= 0.0) acc_eps = v;
+    return old;
+}
+
+static inline int all_lanes(v8l m)
+{
+    int64_t a = -1;
+    for (int l = 0; l < 8; ++l) a &= m[l];
+    return a != 0;
+}
+
+/* ---- poidev's set-up ahead of the stream ----------------------------------------------------- */
+#define PRE_BLOCK 256
+
+typedef struct {
+    const float *means;       /* (n,) the means, in the order the stream draws them */
+    int64_t n;
+    float *pre;               /* (n, 3) */
+    _Atomic int64_t ready;    /* entries [0, ready) are done (by the producer thread) */
+    int64_t known;            /* consumer's copy of ready */
+    int threaded;
+} pre_job;
+
+/* gammln in lanes: the scalar's arithmetic with log_v8 for libm's log */
+static inline v8 gammln_v8(v8 xx)
+{
+    v8 x = xx, y = xx, tmp, ser;
+    tmp = x + 5.5;
+    tmp -= (x + 0.5) * log_v8(tmp);
+    ser = v8_splat(1.000000000190015);
+    y += 1.0; ser += 76.18009172947146 / y;
+    y += 1.0; ser += -86.50532032941677 / y;
+    y += 1.0; ser += 24.01409824083091 / y;
+    y += 1.0; ser += -1.231739572450155 / y;
+    y += 1.0; ser += 0.1208650973866179e-2 / y;
+    y += 1.0; ser += -0.5395239384953e-5 / y;
+    return -tmp + log_v8(2.5066282746310005 * ser / x);
+}
+
+/* poidev_setup of 8 means in lanes (the lanes that are not certain, or not in the rejection
+ * branch, by the scalar) */
+static void setup_v8(const float *means, float *pre)
+{
+    v8 xm;
+    for (int l = 0; l < 8; ++l) xm[l] = (double)means[l];
+    v8 alxm_d = log_v8(xm);
+    v8l ok = (xm >= 12.0) & (xm <= 1.0e6) & round_sure_v8(alxm_d);
+    v8 alxm = f32_v8(alxm_d);
+    v8 G_d = gammln_v8(f32_v8(xm + 1.0));
+    ok &= round_sure_v8(G_d);
+    v8 G = f32_v8(G_d);
+    v8 g = f32_v8(xm * alxm) - G;
+    for (int l = 0; l < 8; ++l) {
+        float *o = pre + 3 * l;
+        if (ok[l]) {
+            o[0] = (float)sqrt(2.0 * xm[l]);
+            o[1] = (float)alxm[l];
+            o[2] = (float)g[l];
+        } else {
+            poidev_setup(xm[l], o);
+        }
+    }
+}
+
+static void pre_range(pre_job *job, int64_t lo, int64_t hi)
+{
+    int64_t q = lo;
+    for (; q + 8 <= hi; q += 8) setup_v8(job->means + q, job->pre + 3 * q);
+    for (; q < hi; ++q)
+        poidev_setup(f32((double)job->means[q]), job->pre + 3 * q);
+}
+
+/* the set-up of entry q (waits for the producer, or computes a block itself) */
+static inline const float *pre_get(pre_job *c, int64_t q)
+{
+    if (!c->pre) return NULL;
+    if (q >= c->known) {
+        if (c->threaded) {
+            while ((c->known = atomic_load_explicit(&c->ready, memory_order_acquire)) <= q)
+                sched_yield();
+        } else {
+            int64_t hi = q + PRE_BLOCK < c->n ? q + PRE_BLOCK : c->n;
+            pre_range(c, q, hi);
+            c->known = hi;
+        }
+    }
+    return c->pre + 3 * q;
+}
+
+/* ---- the stream and what the draws compute from one output ------------------------------------
+ * ran1's outputs are values of the seeds' LCG sequences, delayed by the shuffle table, and each
+ * seed's sequence does not depend on how it is drawn.  So a producer thread makes each seed's
+ * sequence ahead, in blocks, with what the draws compute from one output alone, in SIMD lanes:
+ *   u = ran1's float,  y = (float)tan(PI u),  c = log(0.9 (1 + y y)),  L = log(u).
+ * y must be libm's to the bit: a fast tan, and libm's tan where the float rounding of the fast
+ * value is not certain (round_sure).  c and L serve
+ * poidev's acceptance test (u > t, t = (float)(0.9 (1 + y y) exp(lnratio))), decided in logs
+ * (L against c + lnratio) where the two differ by more than acc_eps, exactly (libm's exp) where
+ * they do not.  The consumer keeps the shuffle table, with these values in its entries. */
+/* 16807^8 mod (2^31 - 1): eight LCG steps at once */
+#define A8 1457850878LL
+
+static inline int64_t lcg_next(int64_t idum)
+{
+    int64_t k = idum / IQ;
+    idum = IA * (idum - k * IQ) - IR * k;
+    if (idum < 0) idum += IM;
+    return idum;
+}
+
+static inline double ran1_u(int64_t v)
+{
+    double temp = f32(AM * (double)v);
+    return temp > RNMX ? f32(RNMX) : temp;
+}
+
+typedef struct {
+    int64_t v;                /* the LCG value (ran1's iy) */
+    float u, y;
+    double c, L;
+} rv;
+
+static void rv_make(int64_t v, rv *e)
+{
+    double u = ran1_u(v);
+    e->v = v;
+    e->u = (float)u;
+    e->y = (float)tan(PI * u);
+    e->c = log(0.9 * (1.0 + (double)(e->y * e->y)));
+    e->L = log(u);
+}
+
+#define RB 256                /* entries made at once */
+#define RING 4096             /* entries a stream holds (a multiple of RB) */
+
+typedef struct {
+    rv e[RING];
+    _Atomic int64_t made;     /* entries [0, made) are ready (counted from the stream's start) */
+    _Atomic int64_t taken;    /* the consumer has read entries [0, taken) */
+    _Atomic int64_t start;    /* the LCG value before entry 0, -1 until the consumer sets it */
+    v8l lanes;                /* producer: the LCG values of the next 8 entries */
+    int begun;                /* producer: lanes set */
+    int64_t cur;              /* consumer: the seed variable */
+    int64_t pos, known;       /* consumer: entries read, and its copy of made */
+} rstream;
+
+typedef struct {
+    rv tab[NTAB];
+    int64_t iy;               /* ran1's iy: the last output's LCG value */
+} shuffle_t;
+
+/* the derived values of 8 LCG values, stored at entry o (fast tan and logs: FMA contraction
+ * allowed here, the exact parts have no multiply-add) */
+__attribute__((optimize("fp-contract=fast"))) static inline void rs_derive(rv *e, v8l lane)
+{
+    v8 u = __builtin_convertvector(
+        __builtin_convertvector(AM * __builtin_convertvector(lane, v8), v8fs), v8);
+    v8l over = u > RNMX;
+    u = (v8)(((v8l)u & ~over) | ((v8l)v8_splat(f32(RNMX)) & over));
+    v8 x = PI * u, t = tan_v8(x);
+    v8l sure = round_sure_v8(t);
+    if (!all_lanes(sure))
+        for (int l = 0; l < 8; ++l)
+            if (!sure[l]) t[l] = tan(x[l]);
+    v8fs yf = __builtin_convertvector(t, v8fs);
+    v8 yy = __builtin_convertvector(yf * yf, v8);
+    v8 c = log_v8(0.9 * (1.0 + yy)), L = log_v8(u);
+    for (int l = 0; l < 8; ++l) {
+        e[l].v = lane[l];
+        e[l].u = (float)u[l];
+        e[l].y = yf[l];
+        e[l].c = c[l];
+        e[l].L = L[l];
+    }
+}
+
+static inline v8l lcg8(v8l lane)
+{
+    v8l p = lane * A8;                                /* < 2^62; mod 2^31 - 1 below */
+    v8l r = (p & IM) + (p >> 31);
+    return r - (IM & (r >= IM));
+}
+
+/* the producer's block: entries [m, m + RB) of s */
+static void rs_fill(rstream *s, int64_t m)
+{
+    if (!s->begun) {
+        int64_t v = atomic_load_explicit(&s->start, memory_order_acquire);
+        for (int l = 0; l < 8; ++l) {
+            v = lcg_next(v);
+            s->lanes[l] = v;
+        }
+        s->begun = 1;
+    }
+    rv *e = s->e + m % RING;
+    v8l lane = s->lanes;
+    for (int i = 0; i < RB; i += 16) {
+        v8l l2 = lcg8(lane);
+        rs_derive(e + i, lane);
+        rs_derive(e + i + 8, l2);
+        lane = lcg8(l2);
+    }
+    s->lanes = lane;
+}
+
+/* ---- the producer thread: the streams' blocks and poidev's set-up ---------------------------- */
+typedef struct {
+    rstream *s[2];
+    int ns;
+    pre_job *pre;
+    int (*follow)(void *);    /* work behind the consumer (one step; 0: nothing to do now), or NULL */
+    void *follow_ctx;
+    _Atomic int stop;
+    pthread_t thread;
+    int threaded;
+} producer;
+
+static int rs_want(rstream *s)
+{
+    if (atomic_load_explicit(&s->start, memory_order_acquire) < 0) return 0;
+    int64_t m = atomic_load_explicit(&s->made, memory_order_relaxed);
+    return m + RB - atomic_load_explicit(&s->taken, memory_order_acquire) <= RING;
+}
+
+static void *producer_main(void *arg)
+{
+    producer *P = (producer *)arg;
+    int idle = 0;
+    while (!atomic_load_explicit(&P->stop, memory_order_relaxed)) {
+        int did = 0;
+        for (int k = 0; k < P->ns; ++k) {
+            rstream *s = P->s[k];
+            if (rs_want(s)) {
+                int64_t m = atomic_load_explicit(&s->made, memory_order_relaxed);
+                rs_fill(s, m);
+                atomic_store_explicit(&s->made, m + RB, memory_order_release);
+                did = 1;
+            }
+        }
+        pre_job *j = P->pre;
+        if (j && j->pre) {
+            int64_t lo = atomic_load_explicit(&j->ready, memory_order_relaxed);
+            if (lo < j->n) {
+                int64_t hi = lo + PRE_BLOCK < j->n ? lo + PRE_BLOCK : j->n;
+                pre_range(j, lo, hi);
+                atomic_store_explicit(&j->ready, hi, memory_order_release);
+                did = 1;
+            }
+        }
+        if (!did && P->follow) did = P->follow(P->follow_ctx);
+        if (did) {
+            idle = 0;
+        } else if (++idle < 64) {
+            sched_yield();
+        } else {
+            /* everything made ahead: let the other threads (the image writers) have the core */
+            struct timespec ts = {0, 20000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+static rstream *rs_open(int64_t seed)
+{
+    rstream *s = (rstream *)aligned_alloc(64, (sizeof(rstream) + 63) / 64 * 64);
+    if (!s) return NULL;
+    atomic_init(&s->made, 0);
+    atomic_init(&s->taken, 0);
+    atomic_init(&s->start, -1);
+    s->begun = 0;
+    s->cur = seed;
+    s->pos = s->known = 0;
+    return s;
+}
+
+/* start the producer over streams (and the set-up job, or NULL); one thread only when asked */
+static void producer_start(producer *P, rstream **s, int ns, pre_job *pre, int (*follow)(void *),
+                           void *follow_ctx, int nthreads)
+{
+    memset(P, 0, sizeof(*P));
+    for (int k = 0; k < ns; ++k) P->s[k] = s[k];
+    P->ns = ns;
+    P->pre = pre;
+    P->follow = follow;
+    P->follow_ctx = follow_ctx;
+    atomic_init(&P->stop, 0);
+    if (nthreads > 1)
+        P->threaded = pthread_create(&P->thread, NULL, producer_main, P) == 0;
+    if (pre) pre->threaded = P->threaded && pre->pre != NULL;
+}
+
+static void producer_finish(producer *P)
+{
+    if (P->threaded) {
+        atomic_store(&P->stop, 1);
+        pthread_join(P->thread, NULL);
+    }
+}
+
+/* the seed variable after the consumer's draws (the last LCG value taken) */
+static int64_t rs_seed(const rstream *s)
+{
+    return s->pos ? s->e[(s->pos - 1) & (RING - 1)].v : s->cur;
+}
+
+static void shuffle_open(shuffle_t *sh, const int64_t *ist)
+{
+    sh->iy = ist[I_IY];
+    for (int j = 0; j < NTAB; ++j) rv_make(ist[I_IV + j], &sh->tab[j]);
+}
+
+static void shuffle_close(const shuffle_t *sh, int64_t *ist)
+{
+    ist[I_IY] = sh->iy;
+    for (int j = 0; j < NTAB; ++j) ist[I_IV + j] = sh->tab[j].v;
+}
+
+/* the stream's next block (and on its first draw, ran1's reload of the table, as the C: a seed
+ * <= 0, or no table yet) */
+__attribute__((noinline)) static void ran1_more(shuffle_t *sh, rstream *s, const producer *P)
+{
+    if (s->pos == 0 && atomic_load_explicit(&s->start, memory_order_relaxed) < 0) {
+        if (s->cur <= 0 || sh->iy == 0) {
+            int64_t idum = (-s->cur < 1) ? 1 : -s->cur;
+            for (int j = NTAB + 7; j >= 0; --j) {
+                idum = lcg_next(idum);
+                if (j < NTAB) rv_make(idum, &sh->tab[j]);
+            }
+            sh->iy = sh->tab[0].v;
+            s->cur = idum;
+        }
+        atomic_store_explicit(&s->start, s->cur, memory_order_release);
+    }
+    if (s->pos) atomic_store_explicit(&s->taken, s->pos, memory_order_release);
+    if (P->threaded) {
+        int64_t made;
+        while ((made = atomic_load_explicit(&s->made, memory_order_acquire)) == s->pos)
+            sched_yield();
+        /* back here after a block at most, to tell the producer what was taken */
+        s->known = made < s->pos + RB ? made : s->pos + RB;
+    } else {
+        rs_fill(s, s->pos);
+        s->known = s->pos + RB;
+        atomic_store_explicit(&s->made, s->known, memory_order_relaxed);
+    }
+}
+
+/* ran1 on seed stream s: its output, with the derived values */
+static inline rv ran1_s(shuffle_t *sh, rstream *s, const producer *P)
+{
+    if (__builtin_expect(s->pos == s->known, 0)) ran1_more(sh, s, P);
+    const rv *e = s->e + (s->pos & (RING - 1));
+    int j = (int)((uint64_t)sh->iy >> 26);         /* iy / NDIV, NDIV = 2^26 */
+    rv out = sh->tab[j];
+    sh->tab[j] = *e;
+    sh->iy = out.v;
+    s->pos++;
+    return out;
+}
+
+static double gaussdev_s(shuffle_t *sh, rstream *s, const producer *P, int64_t *ist, double *fst)
+{
+    double v1, v2, rsq, fac;
+    if (ist[I_ISET] == 0) {
+        do {
+            v1 = f32(2.0 * (double)ran1_s(sh, s, P).u - 1.0);
+            v2 = f32(2.0 * (double)ran1_s(sh, s, P).u - 1.0);
+            rsq = f32(f32(v1 * v1) + f32(v2 * v2));
+        } while (rsq >= 1.0 || rsq == 0.0);
+        fac = f32(sqrt(-2.0 * log(rsq) / rsq));
+        fst[F_GSET] = f32(v1 * fac);
+        ist[I_ISET] = 1;
+        return f32(v2 * fac);
+    }
+    ist[I_ISET] = 0;
+    return fst[F_GSET];
+}
+
+/* poidev on stream s, with an optional precomputed set-up (pre, or NULL) and gammln table.
  * The float-typed arithmetic below is the C's float arithmetic (rng.py evaluates it in double
  * and rounds each result to float, which gives the same floats). */
-static double poidev_x(double xm_in, int64_t *ist, double *fst, int64_t *seed, const float *pre, const lg_table *lgt)
+static double poidev_s(double xm_in, shuffle_t *sh, rstream *s, const producer *P, int64_t *ist, double *fst,
+                       const float *pre, const lg_table *lgt)
 {
     double xm = f32(xm_in);
     if (xm > 1.0e6)
-        return f32(xm + sqrt(xm) * gaussdev(ist, fst, seed));
+        return f32(xm + sqrt(xm) * gaussdev_s(sh, s, P, ist, fst));
     if (xm < 12.0) {
         if (xm != fst[F_OLDM]) {
             fst[F_OLDM] = xm;
@@ -179,7 +652,7 @@ static double poidev_x(double xm_in, int64_t *ist, double *fst, int64_t *seed, c
         double em = -1.0;
         do {
             em += 1.0;
-            t = t * (float)ran1(ist, seed);
+            t = t * ran1_s(sh, s, P).u;
         } while (t > g);
         return em;
     }
@@ -196,92 +669,24 @@ static double poidev_x(double xm_in, int64_t *ist, double *fst, int64_t *seed, c
         }
     }
     const float sq = (float)fst[F_SQ], alxm = (float)fst[F_ALXM], g = (float)fst[F_G], xmf = (float)xm;
-    float em, y, t, lnratio;
-    do {
+    for (;;) {
+        float em, y;
+        double c;
         do {
-            y = (float)tan(PI * ran1(ist, seed));
+            rv e = ran1_s(sh, s, P);
+            y = e.y;
+            c = e.c;
             em = sq * y + xmf;
         } while (em < 0.0f);
         em = floorf(em);
-        lnratio = (em * alxm - (float)gammln_em1((double)em, lgt)) - g;
-        t = (float)(0.9 * (1.0 + (double)(y * y)) * exp((double)lnratio));
-    } while ((float)ran1(ist, seed) > t);
-    return (double)em;
-}
-
-/* ---- a helper thread that computes poidev's set-up ahead of the serial stream ---------- */
-#define PRE_BLOCK 4096
-
-typedef struct {
-    const float *means;       /* (n,) the means, in the order the stream draws them */
-    int64_t n;
-    float *pre;               /* (n, 3) */
-    _Atomic int64_t ready;    /* entries [0, ready) are done */
-    _Atomic int stop;
-} pre_job;
-
-static void pre_range(pre_job *job, int64_t lo, int64_t hi)
-{
-    for (int64_t q = lo; q < hi; ++q)
-        poidev_setup(f32((double)job->means[q]), job->pre + 3 * q);
-}
-
-static void *pre_worker(void *arg)
-{
-    pre_job *job = (pre_job *)arg;
-    for (int64_t lo = 0; lo < job->n; lo += PRE_BLOCK) {
-        if (atomic_load_explicit(&job->stop, memory_order_relaxed)) break;
-        int64_t hi = lo + PRE_BLOCK < job->n ? lo + PRE_BLOCK : job->n;
-        pre_range(job, lo, hi);
-        atomic_store_explicit(&job->ready, hi, memory_order_release);
+        float lnratio = (em * alxm - (float)gammln_em1((double)em, lgt)) - g;
+        rv a = ran1_s(sh, s, P);
+        double d = a.L - (c + (double)lnratio);
+        if (d < -acc_eps) return (double)em;              /* u < t */
+        if (d > acc_eps) continue;                        /* u > t */
+        float t = (float)(0.9 * (1.0 + (double)(y * y)) * exp((double)lnratio));
+        if (!(a.u > t)) return (double)em;
     }
-    return NULL;
-}
-
-typedef struct {
-    pre_job job;
-    pthread_t thread;
-    int threaded;
-    int64_t known;            /* consumer's copy of ready */
-} pre_ctx;
-
-/* start computing the set-up of ``means`` (NULL pre: no precomputation, e.g. out of memory) */
-static void pre_start(pre_ctx *c, const float *means, int64_t n, int nthreads)
-{
-    memset(c, 0, sizeof(*c));
-    c->job.means = means;
-    c->job.n = n;
-    c->job.pre = n > 0 ? (float *)malloc(sizeof(float) * 3 * (size_t)n) : NULL;
-    atomic_init(&c->job.ready, 0);
-    atomic_init(&c->job.stop, 0);
-    if (c->job.pre && nthreads > 1 && n > 2 * PRE_BLOCK)
-        c->threaded = pthread_create(&c->thread, NULL, pre_worker, &c->job) == 0;
-}
-
-/* the set-up of entry q (waits for the helper, or computes a block itself) */
-static inline const float *pre_get(pre_ctx *c, int64_t q)
-{
-    if (!c->job.pre) return NULL;
-    if (q >= c->known) {
-        if (c->threaded) {
-            while ((c->known = atomic_load_explicit(&c->job.ready, memory_order_acquire)) <= q)
-                sched_yield();
-        } else {
-            int64_t hi = q + PRE_BLOCK < c->job.n ? q + PRE_BLOCK : c->job.n;
-            pre_range(&c->job, q, hi);
-            c->known = hi;
-        }
-    }
-    return c->job.pre + 3 * q;
-}
-
-static void pre_finish(pre_ctx *c)
-{
-    if (c->threaded) {
-        atomic_store(&c->job.stop, 1);
-        pthread_join(c->thread, NULL);
-    }
-    free(c->job.pre);
 }
 
 static inline uint16_t to_ushort(double value)
@@ -298,9 +703,83 @@ static inline uint32_t to_uint_via_i64(double a)
     return 0;
 }
 
+/* ---- checks of the fast functions against libm ------------------------------------------------
+ * which 0: ran1's outputs of the LCG values [v0, v0 + count) (1 <= v < 2^31 - 1): the number of
+ *   y that differ from (float)tan(PI u); stat[0] the largest difference of tan_v8 from libm's tan
+ *   in double ulps, stat[1] the lanes that took libm's tan, stat[2] and stat[3] the largest
+ *   absolute errors of c and L;
+ * which 1: poidev's set-up of the floats whose bit patterns are [v0, v0 + count): the number of
+ *   set-ups that differ from the scalar's; stat[1] the lanes that took the scalar.
+ * Returns -1 for a bad request. */
+int64_t nb_lanes_check(int which, int64_t v0, int64_t count, double *stat)
+{
+    int64_t bad = 0;
+    stat[0] = stat[1] = stat[2] = stat[3] = 0.0;
+    if (count < 0) return -1;
+    if (which == 0) {
+        if (v0 < 1 || v0 + count > IM) return -1;
+        rv e[8];
+        for (int64_t v = v0; v < v0 + count; v += 8) {
+            v8l lane;
+            for (int l = 0; l < 8; ++l) lane[l] = v + l < v0 + count ? v + l : v0;
+            rs_derive(e, lane);
+            v8 u, x;
+            for (int l = 0; l < 8; ++l) {
+                u[l] = ran1_u(lane[l]);
+                x[l] = PI * u[l];
+            }
+            v8 t = tan_v8(x);
+            v8l sure = round_sure_v8(t);
+            for (int l = 0; l < 8; ++l) {
+                double ref = tan(x[l]);
+                float yref = (float)ref;
+                if (memcmp(&yref, &e[l].y, sizeof yref) != 0 || (float)u[l] != e[l].u) ++bad;
+                double ulp = fabs(nextafter(ref, INFINITY) - ref);
+                double du = fabs(t[l] - ref) / ulp;
+                if (du > stat[0]) stat[0] = du;
+                stat[1] += !sure[l];
+                double dc = fabs(e[l].c - log(0.9 * (1.0 + (double)(yref * yref))));
+                double dl = fabs(e[l].L - log(u[l]));
+                if (dc > stat[2]) stat[2] = dc;
+                if (dl > stat[3]) stat[3] = dl;
+            }
+        }
+        return bad;
+    }
+    if (which == 1) {
+        if (v0 < 0 || v0 + count > 0x7f800000LL) return -1;
+        for (int64_t b = v0; b < v0 + count; b += 8) {
+            float m[8], fast[24], ref[24];
+            for (int l = 0; l < 8; ++l) {
+                uint32_t bits = (uint32_t)(b + l < v0 + count ? b + l : v0);
+                memcpy(m + l, &bits, sizeof bits);
+            }
+            setup_v8(m, fast);
+            for (int l = 0; l < 8; ++l) {
+                float *r = ref + 3 * l;
+                r[0] = r[1] = r[2] = 0.0f;
+                poidev_setup((double)m[l], r);
+                float *f = fast + 3 * l;
+                int scalar = !((double)m[l] >= 12.0 && (double)m[l] <= 1.0e6);
+                if (scalar) memcpy(f, r, sizeof(float) * 3);       /* not the lanes' branch */
+                if (memcmp(f, r, sizeof(float) * 3) != 0) ++bad;
+            }
+            /* the lanes setup_v8 left to the scalar: count them */
+            v8 xm;
+            for (int l = 0; l < 8; ++l) xm[l] = (double)m[l];
+            v8l ok = (xm >= 12.0) & (xm <= 1.0e6) & round_sure_v8(log_v8(xm)) &
+                     round_sure_v8(gammln_v8(f32_v8(xm + 1.0)));
+            for (int l = 0; l < 8; ++l) stat[1] += (xm[l] >= 12.0 && xm[l] <= 1.0e6) && !ok[l];
+        }
+        return bad;
+    }
+    return -1;
+}
+
 /* ---- nonBragg's noise image ------------------------------------------------------------- */
 /* img: float32 (nslow, nfast); out: uint16 (nslow, nfast), pixels outside the ROI untouched.
- * Returns the photon sum; *overloads counts pixels clipped at 65535. */
+ * Returns the photon sum; *overloads counts pixels clipped at 65535; -1 when memory runs out
+ * (nothing drawn). */
 double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, int64_t xmax,
                 int64_t ymin, int64_t ymax, double adc, int64_t *ist, double *fst, int64_t *seed,
                 uint16_t *out, int64_t *overloads, int nthreads)
@@ -310,31 +789,45 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
     int64_t f0 = xmin > 0 ? xmin : 0, f1 = xmax < nfast - 1 ? xmax : nfast - 1;
     int64_t s0 = ymin > 0 ? ymin : 0, s1 = ymax < nslow - 1 ? ymax : nslow - 1;
     int64_t w = f1 - f0 + 1, h = s1 - s0 + 1, q = 0;
+    *overloads = 0;
+    if (w <= 0 || h <= 0) return 0.0;
     float *means = NULL;
-    lg_table lgt;
-    pre_ctx pc;
-    if (w > 0 && h > 0) {
-        if (f0 == 0 && w == nfast) {
-            pre_start(&pc, img + s0 * nfast, w * h, nthreads);
-        } else {
-            means = (float *)malloc(sizeof(float) * (size_t)(w * h));
-            if (means)
-                for (s = s0; s <= s1; ++s)
-                    memcpy(means + (s - s0) * w, img + s * nfast + f0, sizeof(float) * (size_t)w);
-            pre_start(&pc, means, means ? w * h : 0, nthreads);
-        }
+    pre_job pj;
+    memset(&pj, 0, sizeof(pj));
+    atomic_init(&pj.ready, 0);
+    if (f0 == 0 && w == nfast) {
+        pj.means = img + s0 * nfast;
     } else {
-        pre_start(&pc, NULL, 0, 1);
+        means = (float *)malloc(sizeof(float) * (size_t)(w * h));
+        if (means)
+            for (s = s0; s <= s1; ++s)
+                memcpy(means + (s - s0) * w, img + s * nfast + f0, sizeof(float) * (size_t)w);
+        pj.means = means;
+    }
+    if (pj.means) {
+        pj.n = w * h;
+        pj.pre = (float *)malloc(sizeof(float) * 3 * (size_t)pj.n);
+    }
+    rstream *rs = rs_open(seed[0]);
+    if (!rs) {
+        free(pj.pre);
+        free(means);
+        return -1.0;
     }
     double max_mean = 0.0;
     for (s = s0; s <= s1; ++s) {
         double m = max_of(img + s * nfast + f0, w);
         if (m > max_mean) max_mean = m;
     }
+    lg_table lgt;
     lgt_init(&lgt, max_mean);
+    shuffle_t sh;
+    shuffle_open(&sh, ist);
+    producer P;
+    producer_start(&P, &rs, 1, &pj, NULL, NULL, nthreads);
     for (s = s0; s <= s1; ++s) {
         for (f = f0; f <= f1; ++f, ++q) {
-            value = poidev_x((double)img[s * nfast + f], ist, fst, seed, pre_get(&pc, q), &lgt);
+            value = poidev_s((double)img[s * nfast + f], &sh, rs, &P, ist, fst, pre_get(&pj, q), &lgt);
             photons += value;
             value += adc;
             if (value > 65535.0) {
@@ -344,7 +837,11 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
             out[s * nfast + f] = to_ushort(value);
         }
     }
-    pre_finish(&pc);
+    producer_finish(&P);
+    shuffle_close(&sh, ist);
+    seed[0] = rs_seed(rs);
+    free(rs);
+    free(pj.pre);
     free(means);
     free(lgt.v);
     *overloads = over;
@@ -352,29 +849,71 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
 }
 
 /* ---- noisify ---------------------------------------------------------------------------- */
+/* the pixel loop of nb_photon_noise; psf (or NULL): noisify's PSF of the counts, made row by row
+ * on the producer thread behind the loop (psf_follow_step) */
+typedef struct psf_follow psf_follow;
+static int psf_follow_step(void *ctx);
+static void psf_follow_rows(psf_follow *F, int64_t rows);
+
+static double photon_noise_impl(const float *photons, int64_t n, double flicker, double calib, int64_t *ist,
+                                double *fst, int64_t *seed, int64_t *cseed, float *counts, int nthreads,
+                                psf_follow *psf, int64_t nx)
+{
+    double total = 0.0, p0, v;
+    int known = !(flicker > 0.0) && !(calib > 0.0);    /* the means are the photons themselves */
+    pre_job pj;
+    memset(&pj, 0, sizeof(pj));
+    atomic_init(&pj.ready, 0);
+    if (known && n > 0) {
+        pj.means = photons;
+        pj.n = n;
+        pj.pre = (float *)malloc(sizeof(float) * 3 * (size_t)n);
+    }
+    rstream *rs[2] = {rs_open(seed[0]), calib > 0.0 ? rs_open(cseed[0]) : NULL};
+    if (!rs[0] || (calib > 0.0 && !rs[1])) {
+        free(rs[0]);
+        free(rs[1]);
+        free(pj.pre);
+        return -1.0;
+    }
+    lg_table lgt;
+    /* flicker and calibration scale the means by 1 + rms z (|z| < 7 in practice) */
+    lgt_init(&lgt, max_of(photons, n) * (1.0 + 7.0 * ((flicker > 0.0 ? flicker : 0.0) + (calib > 0.0 ? calib : 0.0))));
+    shuffle_t sh;
+    shuffle_open(&sh, ist);
+    producer P;
+    producer_start(&P, rs, rs[1] ? 2 : 1, known ? &pj : NULL, psf ? psf_follow_step : NULL, psf, nthreads);
+    int64_t col = 0, row = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        p0 = (double)photons[i];
+        if (flicker > 0.0) p0 *= 1.0 + flicker * gaussdev_s(&sh, rs[0], &P, ist, fst);
+        if (calib > 0.0) p0 *= 1.0 + calib * gaussdev_s(&sh, rs[1], &P, ist, fst);
+        v = poidev_s(p0, &sh, rs[0], &P, ist, fst, known ? pre_get(&pj, i) : NULL, &lgt);
+        counts[i] = (float)v;
+        total += f32(v);
+        if (psf && ++col == nx) {
+            col = 0;
+            psf_follow_rows(psf, ++row);
+        }
+    }
+    producer_finish(&P);
+    shuffle_close(&sh, ist);
+    seed[0] = rs_seed(rs[0]);
+    if (rs[1]) cseed[0] = rs_seed(rs[1]);
+    free(rs[0]);
+    free(rs[1]);
+    free(pj.pre);
+    free(lgt.v);
+    return total;
+}
+
 /* flicker, calibration and Poisson draws per pixel in raster order (noisify's noise loop);
- * counts: float32 photon counts; returns the photon sum (of the float counts) */
+ * counts: float32 photon counts; returns the photon sum (of the float counts), -1 when memory
+ * runs out (nothing drawn) */
 double nb_photon_noise(const float *photons, int64_t n, double flicker, double calib, int64_t *ist,
                        double *fst, int64_t *seed, int64_t *cseed, float *counts, int nthreads)
 {
-    double total = 0.0, p0, v;
-    lg_table lgt;
-    pre_ctx pc;
-    int known = !(flicker > 0.0) && !(calib > 0.0);    /* the means are the photons themselves */
-    pre_start(&pc, photons, known ? n : 0, nthreads);
-    /* flicker and calibration scale the means by 1 + rms z (|z| < 7 in practice) */
-    lgt_init(&lgt, max_of(photons, n) * (1.0 + 7.0 * ((flicker > 0.0 ? flicker : 0.0) + (calib > 0.0 ? calib : 0.0))));
-    for (int64_t i = 0; i < n; ++i) {
-        p0 = (double)photons[i];
-        if (flicker > 0.0) p0 *= 1.0 + flicker * gaussdev(ist, fst, seed);
-        if (calib > 0.0) p0 *= 1.0 + calib * gaussdev(ist, fst, cseed);
-        v = poidev_x(p0, ist, fst, seed, known ? pre_get(&pc, i) : NULL, &lgt);
-        counts[i] = (float)v;
-        total += f32(v);
-    }
-    pre_finish(&pc);
-    free(lgt.v);
-    return total;
+    return photon_noise_impl(photons, n, flicker, calib, ist, fst, seed, cseed, counts, nthreads, NULL, 1);
 }
 
 /* the C's conversion of gain * value + adc to its integer images (noisify's noise-free loop,
@@ -471,6 +1010,7 @@ typedef struct {
     double fwhm, g;
     const double *kernel;
     int32_t *radius;
+    int32_t *rowmax;          /* the largest radius of each row's sources (-1: none) */
     double *lost;
     float *out;
     _Atomic int64_t next;
@@ -512,9 +1052,9 @@ static inline void psf_radius_one(const psf_job *j, double v, int32_t *radius, d
     }
 }
 
-static void psf_radius_rows(psf_job *j, int64_t y0, int64_t y1)
+static void psf_radius_row(psf_job *j, int64_t y)
 {
-    for (int64_t i = y0 * j->nx; i < y1 * j->nx; ++i) {
+    for (int64_t i = y * j->nx; i < (y + 1) * j->nx; ++i) {
         double v = (double)j->img[i];
         if (!(v > 0.0)) {
             j->radius[i] = -1;
@@ -527,7 +1067,17 @@ static void psf_radius_rows(psf_job *j, int64_t y0, int64_t y1)
             psf_radius_one(j, v, j->radius + i, j->lost + i);
         }
     }
+    int32_t m = -1;
+    for (int64_t i = y * j->nx; i < (y + 1) * j->nx; ++i)
+        if (j->radius[i] > m) m = j->radius[i];
+    j->rowmax[y] = m;
 }
+
+static void psf_radius_rows(psf_job *j, int64_t y0, int64_t y1)
+{
+    for (int64_t y = y0; y < y1; ++y) psf_radius_row(j, y);
+}
+
 
 /* the sum for one target pixel, sources in the C's order (rng-free twin of noisify._psf_target) */
 static float psf_target(const psf_job *j, int64_t yt, int64_t xt)
@@ -601,6 +1151,11 @@ static void psf_row(const psf_job *j, int64_t yt)
     int64_t ylo = yt - R, yhi = yt + R;
     if (ylo < 0) ylo = 0;
     if (yhi > ny - 1) yhi = ny - 1;
+    /* taps beyond every source's radius in the window are masked for all lanes: skipped */
+    int64_t rm = -1;
+    for (int64_t ys = ylo; ys <= yhi; ++ys)
+        if (j->rowmax[ys] > rm) rm = j->rowmax[ys];
+    const int64_t rmax2 = rm < 0 ? -1 : rm * rm;
     int64_t xt = 0;
     while (xt < nx) {
         if (xt >= R && xt >= 1 && xt + PSF_LANES - 1 + R <= nx - 1) {
@@ -610,9 +1165,12 @@ static void psf_row(const psf_job *j, int64_t yt)
             for (int q = 0; q < PSF_VECS; ++q) acc[q] = (v8f){0};
             for (int64_t ys = ylo; ys <= yhi; ++ys) {
                 int64_t dy = yt - ys;
+                if (dy * dy > rmax2) continue;       /* no source reaches this far: all masked */
                 const double *krow = j->kernel + (R + dy) * K + R;
                 int64_t base = ys * nx + xt - R;
-                for (int64_t u = 0; u <= 2 * R; ++u) {
+                int64_t w = 0;
+                while ((w + 1) * (w + 1) + dy * dy <= rmax2 && w < R) ++w;
+                for (int64_t u = R - w; u <= R + w; ++u) {
                     int64_t dx = R - u;
                     const int32_t d2 = (int32_t)(dx * dx + dy * dy);
                     const double kk = krow[dx];
@@ -653,16 +1211,54 @@ static void *psf_worker(void *arg)
     return NULL;
 }
 
-static void psf_parallel(psf_job *j, int nthreads)
+/* rows [start, ny) of the job's phase on nthreads threads */
+static void psf_parallel(psf_job *j, int64_t start, int nthreads)
 {
     pthread_t th[64];
     int started = 0;
     if (nthreads > 64) nthreads = 64;
-    atomic_store(&j->next, 0);
+    atomic_store(&j->next, start);
     for (int t = 1; t < nthreads; ++t)
         if (pthread_create(&th[started], NULL, psf_worker, j) == 0) ++started;
     psf_worker(j);
     for (int t = 0; t < started; ++t) pthread_join(th[t], NULL);
+}
+
+/* psf_job's buffers, and the radii and lost photons of the integers [0, tab_max] when tab_max >= 0
+ * (the counts of a noise image); 0 when memory runs out */
+static int psf_job_init(psf_job *j, const float *img, int64_t nx, int64_t ny, int gauss, double fwhm, double g,
+                        int64_t user_radius, int64_t R, int wrap, const double *kernel, float *out, double tab_max)
+{
+    int64_t n = nx * ny;
+    memset(j, 0, sizeof(*j));
+    j->img = img; j->nx = nx; j->ny = ny; j->R = R; j->user_radius = user_radius;
+    j->maxwidth = nx > ny ? nx : ny;
+    j->gauss = gauss; j->wrap = wrap; j->fwhm = fwhm; j->g = g; j->kernel = kernel; j->out = out;
+    j->radius = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    j->rowmax = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ny > 0 ? ny : 1));
+    j->lost = (double *)malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (!j->radius || !j->lost || !j->rowmax) return 0;
+    if (tab_max >= 0.0 && tab_max < (double)(1 << 22)) {
+        int64_t size = (int64_t)tab_max + 1;
+        j->tab_radius = (int32_t *)malloc(sizeof(int32_t) * (size_t)size);
+        j->tab_lost = (double *)malloc(sizeof(double) * (size_t)size);
+        if (j->tab_radius && j->tab_lost) {
+            j->tab_radius[0] = -1;
+            j->tab_lost[0] = 0.0;
+            for (int64_t k = 1; k < size; ++k) psf_radius_one(j, (double)k, j->tab_radius + k, j->tab_lost + k);
+            j->tab_size = size;
+        }
+    }
+    return 1;
+}
+
+static void psf_job_free(psf_job *j)
+{
+    free(j->tab_radius);
+    free(j->tab_lost);
+    free(j->radius);
+    free(j->rowmax);
+    free(j->lost);
 }
 
 /* noisify's apply_psf after the radius choice: out (nx*ny float32) = the blurred image plus the
@@ -672,18 +1268,6 @@ double nb_psf(const float *img, int64_t nx, int64_t ny, int gauss, double fwhm, 
               int64_t R, int wrap, const double *kernel, float *out, int nthreads)
 {
     int64_t n = nx * ny;
-    psf_job j;
-    memset(&j, 0, sizeof(j));
-    j.img = img; j.nx = nx; j.ny = ny; j.R = R; j.user_radius = user_radius;
-    j.maxwidth = nx > ny ? nx : ny;
-    j.gauss = gauss; j.wrap = wrap; j.fwhm = fwhm; j.g = g; j.kernel = kernel; j.out = out;
-    j.radius = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
-    j.lost = (double *)malloc(sizeof(double) * (size_t)n);
-    if (!j.radius || !j.lost) {
-        free(j.radius);
-        free(j.lost);
-        return -1.0;
-    }
     /* the noise image's counts are integers: their radii and lost photons once per value */
     float vmax = 0.0f;
     int64_t integers = 0;
@@ -691,28 +1275,97 @@ double nb_psf(const float *img, int64_t nx, int64_t ny, int gauss, double fwhm, 
         if (img[i] > vmax) vmax = img[i];
         integers += img[i] == (float)(int64_t)img[i];
     }
-    if (integers > n / 2 && vmax < (float)(1 << 22) && (double)vmax < 0.5 * (double)n) {
-        int64_t size = (int64_t)vmax + 1;
-        j.tab_radius = (int32_t *)malloc(sizeof(int32_t) * (size_t)size);
-        j.tab_lost = (double *)malloc(sizeof(double) * (size_t)size);
-        if (j.tab_radius && j.tab_lost) {
-            j.tab_radius[0] = -1;
-            j.tab_lost[0] = 0.0;
-            for (int64_t k = 1; k < size; ++k) psf_radius_one(&j, (double)k, j.tab_radius + k, j.tab_lost + k);
-            j.tab_size = size;
-        }
+    int table = integers > n / 2 && vmax < (float)(1 << 22) && (double)vmax < 0.5 * (double)n;
+    psf_job j;
+    if (!psf_job_init(&j, img, nx, ny, gauss, fwhm, g, user_radius, R, wrap, kernel, out,
+                      table ? (double)vmax : -1.0)) {
+        psf_job_free(&j);
+        return -1.0;
     }
     j.phase = 0;
-    psf_parallel(&j, nthreads);
-    free(j.tab_radius);
-    free(j.tab_lost);
+    psf_parallel(&j, 0, nthreads);
     double total = 0.0;
     for (int64_t i = 0; i < n; ++i) total += j.lost[i];
     j.phase = 1;
-    psf_parallel(&j, nthreads);
+    psf_parallel(&j, 0, nthreads);
     double add = total / (double)n;
     for (int64_t i = 0; i < n; ++i) out[i] = (float)((double)out[i] + add);
-    free(j.radius);
-    free(j.lost);
+    psf_job_free(&j);
+    return total;
+}
+
+/* ---- noisify's draws with the PSF behind them ------------------------------------------------ */
+struct psf_follow {
+    psf_job j;
+    _Atomic int64_t rows_in;  /* rows of counts the pixel loop has finished */
+    int64_t next0, next1;     /* the next row of phase 0 (radii, lost photons) and of phase 1 (sums) */
+    double total;             /* lost photons of rows [0, next0), summed in pixel order */
+};
+
+static void psf_follow_rows(psf_follow *F, int64_t rows)
+{
+    atomic_store_explicit(&F->rows_in, rows, memory_order_release);
+}
+
+static void psf_phase0_next(psf_follow *F)
+{
+    int64_t y = F->next0++, nx = F->j.nx;
+    psf_radius_row(&F->j, y);
+    const double *l = F->j.lost + y * nx;
+    for (int64_t x = 0; x < nx; ++x) F->total += l[x];
+}
+
+/* one row of PSF work whose inputs are ready (the producer thread; 0: none now) */
+static int psf_follow_step(void *ctx)
+{
+    psf_follow *F = (psf_follow *)ctx;
+    if (F->next0 < atomic_load_explicit(&F->rows_in, memory_order_acquire)) {
+        psf_phase0_next(F);
+        return 1;
+    }
+    if (F->next1 < F->j.ny) {
+        /* a row's sums take the sources of rows up to R below it (R + 1 above) */
+        int64_t need = F->next1 + F->j.R < F->j.ny - 1 ? F->next1 + F->j.R : F->j.ny - 1;
+        if (F->next0 > need) {
+            psf_row(&F->j, F->next1++);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* nb_photon_noise, then nb_psf of the counts into out (made mostly on the producer thread while
+ * the counts are drawn): the same counts and blurred image.  R must be at least the radius of
+ * every count (the kernel is the C's for R; a larger R gives the same sums); tab_max: the counts'
+ * bound for the table of radii (-1: none).  Returns the photon sum, *lost the lost photons; -1
+ * when memory runs out (nothing drawn). */
+double nb_photon_noise_psf(const float *photons, int64_t nx, int64_t ny, double flicker, double calib,
+                           int64_t *ist, double *fst, int64_t *seed, int64_t *cseed, float *counts, int nthreads,
+                           int gauss, double fwhm, double g, int64_t user_radius, int64_t R, int wrap,
+                           const double *kernel, double tab_max, float *out, double *lost)
+{
+    int64_t n = nx * ny;
+    psf_follow F;
+    if (!psf_job_init(&F.j, counts, nx, ny, gauss, fwhm, g, user_radius, R, wrap, kernel, out, tab_max)) {
+        psf_job_free(&F.j);
+        return -1.0;
+    }
+    atomic_init(&F.rows_in, 0);
+    F.next0 = F.next1 = 0;
+    F.total = 0.0;
+    double total = photon_noise_impl(photons, n, flicker, calib, ist, fst, seed, cseed, counts, nthreads,
+                                     &F, nx > 0 ? nx : 1);
+    if (total < 0.0) {
+        psf_job_free(&F.j);
+        return -1.0;
+    }
+    /* what the producer thread had not done */
+    while (F.next0 < ny) psf_phase0_next(&F);
+    F.j.phase = 1;
+    psf_parallel(&F.j, F.next1, nthreads);
+    double add = F.total / (double)n;
+    for (int64_t i = 0; i < n; ++i) out[i] = (float)((double)out[i] + add);
+    *lost = F.total;
+    psf_job_free(&F.j);
     return total;
 }

@@ -24,7 +24,7 @@ from . import cbuild
 
 _SOURCES = ("cnoise.c",)
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-pthread")
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 def threads() -> int:
@@ -44,6 +44,9 @@ def _declare(lib) -> None:
     lib.nb_noise.restype = d
     lib.nb_photon_noise.argtypes = [p, i64, d, d, p, p, p, p, p, c_int]
     lib.nb_photon_noise.restype = d
+    lib.nb_photon_noise_psf.argtypes = [p, i64, i64, d, d, p, p, p, p, p, c_int, c_int, d, d, i64, i64, c_int, p, d,
+                                        p, p]
+    lib.nb_photon_noise_psf.restype = d
     lib.nb_adu_ints.argtypes = [p, c_int, i64, d, d, c_int, c_int, p, p, p]
     lib.nb_adu_ints.restype = i64
     lib.nb_readout.argtypes = [p, i64, d, d, d, c_int, p, p, p, p, p, p]
@@ -52,6 +55,10 @@ def _declare(lib) -> None:
     lib.nb_psf_kernel.restype = None
     lib.nb_psf.argtypes = [p, i64, i64, c_int, d, d, i64, i64, c_int, p, p, c_int]
     lib.nb_psf.restype = d
+    lib.nb_lanes_check.argtypes = [c_int, i64, i64, p]
+    lib.nb_lanes_check.restype = i64
+    lib.nb_acc_eps.argtypes = [d]
+    lib.nb_acc_eps.restype = d
 
 
 LIBRARY = cbuild.Library("cnoise", _SOURCES, FLAGS, ABI_VERSION, "noise kernel", "NANOBRAGG_TORCH_NO_CNOISE",
@@ -107,6 +114,29 @@ def photon_noise(lib, photons: np.ndarray, flicker: float, calibration: float, i
     return counts, float(total)
 
 
+def photon_noise_psf(lib, photons: np.ndarray, nx: int, ny: int, flicker: float, calibration: float, ist, fst,
+                     seed, cseed, gauss: bool, fwhm: float, g: float, user_radius: int, radius: int, wrap: bool,
+                     kernel: np.ndarray, tab_max: float, nthreads: Optional[int] = None):
+    """:func:`photon_noise` and then :func:`psf` of the counts, the PSF made row by row on the
+    producer thread while the counts are drawn: (counts, photon sum, blurred image, lost photons),
+    the same as the two calls.  ``radius`` must be at least every count's radius (the kernel's
+    size; a larger one gives the same image); ``tab_max`` a bound of the counts for the table of
+    radii (-1: none)."""
+    assert photons.dtype == np.float32 and photons.flags.c_contiguous and photons.shape == (nx * ny,)
+    assert kernel.dtype == np.float64 and kernel.shape == ((2 * radius + 1) ** 2,)
+    _state(ist, fst, seed, cseed)
+    counts = np.empty(nx * ny, dtype=np.float32)
+    out = np.empty(nx * ny, dtype=np.float32)
+    lost = np.zeros(1, dtype=np.float64)
+    total = lib.nb_photon_noise_psf(_ptr(photons), nx, ny, float(flicker), float(calibration), _ptr(ist), _ptr(fst),
+                                    _ptr(seed), _ptr(cseed), _ptr(counts), nthreads or threads(), int(bool(gauss)),
+                                    float(fwhm), float(g), int(user_radius), int(radius), int(bool(wrap)),
+                                    _ptr(kernel), float(tab_max), _ptr(out), _ptr(lost))
+    if total < 0:
+        raise MemoryError("noisify: out of memory")
+    return counts, float(total), out, float(lost[0])
+
+
 def adu_ints(lib, values: np.ndarray, gain: float, adc: float, clip16: bool, bits: int, pgm: bool):
     """The C's integer images of gain * values + adc: (uint16 or None, uint32 or None, PGM or None, overloads).
 
@@ -133,6 +163,29 @@ def readout(lib, counts: np.ndarray, gain: float, adc: float, readout_noise: flo
     total = lib.nb_readout(_ptr(counts), n, float(gain), float(adc), float(readout_noise), int(bits), _ptr(ist),
                            _ptr(fst), _ptr(seed), _ptr(u16), _ptr(u32), _ptr(over))
     return (u16 if bits == 16 else u32), float(total), int(over[0])
+
+
+def lanes_check(lib, which: str, start: int, count: int) -> Tuple[int, dict]:
+    """The kernel's fast functions against libm over a range (see nb_lanes_check in cnoise.c).
+
+    ``which="tan"``: ran1's outputs of the LCG values [start, start + count); returns the number
+    of draws whose tan(PI u) as float (or u) differs from libm's, and the largest errors.
+    ``which="setup"``: poidev's set-up of the floats with bit patterns [start, start + count);
+    returns the number that differ from the scalar set-up.
+    """
+    stat = np.zeros(4, dtype=np.float64)
+    code = {"tan": 0, "setup": 1}[which]
+    bad = lib.nb_lanes_check(code, int(start), int(count), _ptr(stat))
+    if bad < 0:
+        raise ValueError(f"lanes_check: range [{start}, {start + count}) is out of bounds for {which!r}")
+    keys = ("tan_ulps", "libm_lanes", "c_error", "L_error") if code == 0 else ("", "scalar_lanes", "", "")
+    return int(bad), {k: float(v) for k, v in zip(keys, stat) if k}
+
+
+def acc_eps(lib, value: float = -1.0) -> float:
+    """poidev's margin for deciding its acceptance test in logs; sets it when ``value >= 0``
+    (``inf``: always the exact test) and returns the previous one.  For tests."""
+    return float(lib.nb_acc_eps(float(value)))
 
 
 def psf_kernel(lib, gauss: bool, fwhm: float, g: float, radius: int) -> np.ndarray:
