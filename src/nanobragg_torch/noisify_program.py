@@ -24,6 +24,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import rng as _rng
+from ._thread import Background
 from .physics import psf_common as _psfc
 
 R_E_SQR = 7.94079248018965e-30
@@ -462,52 +463,73 @@ def noisify_c(image: np.ndarray, p: NoisifyParams, impl: str = "auto", on_ideal=
     max_I = float(flat.max(initial=0.0))
     if flat.size and float(flat.min()) < 0.0:
         say("WARNING: negative intensities in the input (%d pixels)" % int((flat < 0).sum()))
-    photons = ((p.fluence * R_E_SQR) * p.scale * flat.astype(np.float64)).astype(np.float32)
+    factor = (p.fluence * R_E_SQR) * p.scale
+    if factor == 1.0:                 # (the default fluence and scale): factor * x is x
+        photons = flat.copy()
+    else:
+        photons = (factor * flat.astype(np.float64)).astype(np.float32)
     say("maximum value in input file: %s ( %s on photon scale)"
         % (_g(max_I), _g(max_I * p.scale * p.fluence * R_E_SQR)))
     if not p.noise and p.psf and p.psf_fwhm > 0.0:
         say("  applying PSF to noiseless image width = %s pixels" % _g(p.psf_fwhm / p.pixel_size))
         photons = _psf_c(photons, p, say, lib)
     shape = (p.ypixels, p.xpixels)
-    if lib is not None:
-        u16, u32, pgm8, _ = cnoise.adu_ints(lib, photons, p.gain, p.adc, True, p.bits, pgm=True)
-        int_adu = (u16 if p.bits == 16 else u32).reshape(shape)
-        pgm = pgm8.reshape(shape)
-    else:
-        _enable_jit()
-        u16, u32, _ = _adu_ints(photons, p.gain, p.adc, True, p.bits)
-        int_adu = (u16 if p.bits == 16 else u32).reshape(shape)
-        pgm = np.minimum(u16, np.uint16(255)).astype(np.uint8).reshape(shape)
     ideal_lines = len(report)
-    if on_ideal is not None:
-        on_ideal(int_adu, pgm)
-    if not p.noise:
-        return NoisifyResult(photons.reshape(shape), int_adu, pgm, None, report, ideal_lines)
+    ideal = {}
 
-    state = _rng.CRandom()
-    ist, fst = state._ist, state._fst
-    seed = np.array([p.seed], dtype=np.int64)
-    cseed = np.array([p.calib_seed], dtype=np.int64)
-    fused = lib is not None and p.psf and p.psf_fwhm / p.pixel_size > 0.0 and flat.shape[0] > 0
-    if fused:
-        _, total, counts = _noise_psf_c(photons, p, ist, fst, seed, cseed, lib, say)
-    elif lib is not None:
-        counts, total = cnoise.photon_noise(lib, photons, p.flicker, p.calibration, ist, fst, seed, cseed)
+    def make_ideal():
+        if lib is not None:
+            u16, u32, pgm8, _ = cnoise.adu_ints(lib, photons, p.gain, p.adc, True, p.bits, pgm=True)
+            ideal["pgm"] = pgm8.reshape(shape)
+        else:
+            _enable_jit()
+            u16, u32, _ = _adu_ints(photons, p.gain, p.adc, True, p.bits)
+            ideal["pgm"] = np.minimum(u16, np.uint16(255)).astype(np.uint8).reshape(shape)
+        ideal["int_adu"] = (u16 if p.bits == 16 else u32).reshape(shape)
+        if on_ideal is not None:
+            on_ideal(ideal["int_adu"], ideal["pgm"])
+
+    if not p.noise or lib is None:
+        make_ideal()
+        if not p.noise:
+            return NoisifyResult(photons.reshape(shape), ideal["int_adu"], ideal["pgm"], None, report, ideal_lines)
+        ideal_thread = None
     else:
-        _enable_jit()
-        drawn = np.empty(flat.shape[0], dtype=np.float64)
-        total = _photon_noise_k(photons, float(p.flicker), float(p.calibration), ist, fst, seed, cseed, drawn)
-        counts = drawn.astype(np.float32)
-    if p.psf and p.psf_fwhm > 0.0 and not fused:
-        say("%.0f photons on noise image before PSF" % total)
-        say("  applying PSF width = %s um" % _g(p.psf_fwhm * 1e6))
-        counts = _psf_c(counts, p, say, lib)
-    if lib is not None:
-        noise_adu, total, overloads = cnoise.readout(lib, counts, p.gain, p.adc, p.readout, p.bits, ist, fst, seed)
-    else:
-        adu = np.empty(flat.shape[0], dtype=np.float64)
-        total = _readout_k(counts, float(p.gain), float(p.adc), float(p.readout), ist, fst, seed, adu)
-        u16, u32, overloads = _adu_ints(adu, 1.0, 0.0, False, p.bits)
-        noise_adu = u16 if p.bits == 16 else u32
-    say("%.0f photons on noise image (%d overloads)" % (total, overloads))
-    return NoisifyResult(photons.reshape(shape), int_adu, pgm, noise_adu.reshape(shape), report, ideal_lines)
+        # the noise-free images (and on_ideal) on a thread while the noise is drawn: the C kernels
+        # run without the GIL
+        ideal_thread = Background(make_ideal)
+
+    try:
+        state = _rng.CRandom()
+        ist, fst = state._ist, state._fst
+        seed = np.array([p.seed], dtype=np.int64)
+        cseed = np.array([p.calib_seed], dtype=np.int64)
+        fused = lib is not None and p.psf and p.psf_fwhm / p.pixel_size > 0.0 and flat.shape[0] > 0
+        if fused:
+            _, total, counts = _noise_psf_c(photons, p, ist, fst, seed, cseed, lib, say)
+        elif lib is not None:
+            counts, total = cnoise.photon_noise(lib, photons, p.flicker, p.calibration, ist, fst, seed, cseed)
+        else:
+            _enable_jit()
+            drawn = np.empty(flat.shape[0], dtype=np.float64)
+            total = _photon_noise_k(photons, float(p.flicker), float(p.calibration), ist, fst, seed, cseed, drawn)
+            counts = drawn.astype(np.float32)
+        if p.psf and p.psf_fwhm > 0.0 and not fused:
+            say("%.0f photons on noise image before PSF" % total)
+            say("  applying PSF width = %s um" % _g(p.psf_fwhm * 1e6))
+            counts = _psf_c(counts, p, say, lib)
+        if lib is not None:
+            noise_adu, total, overloads = cnoise.readout(lib, counts, p.gain, p.adc, p.readout, p.bits, ist, fst, seed)
+        else:
+            adu = np.empty(flat.shape[0], dtype=np.float64)
+            total = _readout_k(counts, float(p.gain), float(p.adc), float(p.readout), ist, fst, seed, adu)
+            u16, u32, overloads = _adu_ints(adu, 1.0, 0.0, False, p.bits)
+            noise_adu = u16 if p.bits == 16 else u32
+        say("%.0f photons on noise image (%d overloads)" % (total, overloads))
+    finally:
+        if ideal_thread is not None:
+            ideal_thread.thread.join()        # (its files are final before anything is raised)
+    if ideal_thread is not None:
+        ideal_thread.join()
+    return NoisifyResult(photons.reshape(shape), ideal["int_adu"], ideal["pgm"], noise_adu.reshape(shape), report,
+                         ideal_lines)

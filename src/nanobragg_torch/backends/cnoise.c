@@ -84,7 +84,8 @@ static double ran1(int64_t *ist, int64_t *seed)
     return temp;
 }
 
-static double gammln(double xx)
+/* gammln before its rounding to float */
+static double gammln_d(double xx)
 {
     double x = xx, y = xx, tmp, ser;
     tmp = x + 5.5;
@@ -96,8 +97,10 @@ static double gammln(double xx)
     y += 1.0; ser += -1.231739572450155 / y;
     y += 1.0; ser += 0.1208650973866179e-2 / y;
     y += 1.0; ser += -0.5395239384953e-5 / y;
-    return f32(-tmp + log(2.5066282746310005 * ser / x));
+    return -tmp + log(2.5066282746310005 * ser / x);
 }
+
+static double gammln(double xx) { return f32(gammln_d(xx)); }
 
 static double gaussdev(int64_t *ist, double *fst, int64_t *seed)
 {
@@ -154,6 +157,41 @@ static double max_of(const float *a, int64_t n)
     for (int64_t i = 0; i < n; ++i)
         if (a[i] > m) m = a[i];
     return (double)m;
+}
+
+/* gammln(x) rounded to float, for x >= 13: Stirling's series (one log) where its float is
+ * certain, gammln where not.  Stirling's series is within 2e-10 of lnGamma, gammln (Lanczos) too,
+ * and the two double evaluations round within a few ulp; tol holds both (scripts/
+ * check_fast_functions.py compares every float mean's set-up with the plain one). */
+static inline double stirling(double x)
+{
+    double r = 1.0 / x, r2 = r * r;
+    return (x - 0.5) * log(x) - x + 0.91893853320467274178 +
+           r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0))));
+}
+
+/* is the float of G certain when G is within tol of the value rounded? */
+static inline int float_sure(double G, double tol)
+{
+    float f = (float)G;
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    int e = (int)((b >> 23) & 0xff);
+    if (e <= 23 || e >= 255) return 0;
+    double uf = ldexp(1.0, e - 150);                   /* the float's ulp */
+    double below = (b & 0x7fffff) ? 0.5 * uf : 0.25 * uf;   /* a power of two: the float below is closer */
+    double d = G - (double)f;
+    /* more than tol inside the midpoints with the floats next to f */
+    return 0.5 * uf - d > tol && d + below > tol;
+}
+
+#define STIRLING_TOL(G) (4e-10 + 8.0 * 2.3e-16 * fabs(G))
+
+static inline double gammln_f32(double x)
+{
+    double G = stirling(x);
+    if (float_sure(G, STIRLING_TOL(G))) return f32(G);
+    return gammln(x);
 }
 
 /* poidev's set-up for a mean (xm already rounded to float): pre[0..2] = sq, alxm, g (as the
@@ -422,6 +460,26 @@ __attribute__((optimize("fp-contract=fast"))) static inline void rs_derive(rv *e
     v8fs yf = __builtin_convertvector(t, v8fs);
     v8 yy = __builtin_convertvector(yf * yf, v8);
     v8 c = log_v8(0.9 * (1.0 + yy)), L = log_v8(u);
+#if defined(__clang__) || __GNUC__ >= 12
+    /* the 8 entries {v, u, y, c, L} (4 qwords each): a 4 x 8 qword transpose in two shuffles */
+    typedef float v16fs __attribute__((vector_size(64)));
+    v16fs uy = __builtin_shufflevector(__builtin_convertvector(u, v8fs), yf, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5,
+                                       13, 6, 14, 7, 15);
+    v8l q1 = (v8l)uy, q2 = (v8l)c, q3 = (v8l)L;
+    v8l a = __builtin_shufflevector(lane, q1, 0, 8, 1, 9, 2, 10, 3, 11);
+    v8l b = __builtin_shufflevector(lane, q1, 4, 12, 5, 13, 6, 14, 7, 15);
+    v8l cc = __builtin_shufflevector(q2, q3, 0, 8, 1, 9, 2, 10, 3, 11);
+    v8l d = __builtin_shufflevector(q2, q3, 4, 12, 5, 13, 6, 14, 7, 15);
+    v8l o0 = __builtin_shufflevector(a, cc, 0, 1, 8, 9, 2, 3, 10, 11);
+    v8l o1 = __builtin_shufflevector(a, cc, 4, 5, 12, 13, 6, 7, 14, 15);
+    v8l o2 = __builtin_shufflevector(b, d, 0, 1, 8, 9, 2, 3, 10, 11);
+    v8l o3 = __builtin_shufflevector(b, d, 4, 5, 12, 13, 6, 7, 14, 15);
+    _Static_assert(sizeof(rv) == 32, "rv: four qwords");
+    __builtin_memcpy(e, &o0, sizeof o0);
+    __builtin_memcpy(e + 2, &o1, sizeof o1);
+    __builtin_memcpy(e + 4, &o2, sizeof o2);
+    __builtin_memcpy(e + 6, &o3, sizeof o3);
+#else
     for (int l = 0; l < 8; ++l) {
         e[l].v = lane[l];
         e[l].u = (float)u[l];
@@ -429,6 +487,7 @@ __attribute__((optimize("fp-contract=fast"))) static inline void rs_derive(rv *e
         e[l].c = c[l];
         e[l].L = L[l];
     }
+#endif
 }
 
 static inline v8l lcg8(v8l lane)
@@ -665,7 +724,7 @@ static double poidev_s(double xm_in, shuffle_t *sh, rstream *s, const producer *
         } else {
             fst[F_SQ] = f32(sqrt(2.0 * xm));
             fst[F_ALXM] = f32(log(xm));
-            fst[F_G] = f32(f32(xm * fst[F_ALXM]) - gammln(f32(xm + 1.0)));
+            fst[F_G] = f32(f32(xm * fst[F_ALXM]) - gammln_f32(f32(xm + 1.0)));
         }
     }
     const float sq = (float)fst[F_SQ], alxm = (float)fst[F_ALXM], g = (float)fst[F_G], xmf = (float)xm;
@@ -709,7 +768,10 @@ static inline uint32_t to_uint_via_i64(double a)
  *   in double ulps, stat[1] the lanes that took libm's tan, stat[2] and stat[3] the largest
  *   absolute errors of c and L;
  * which 1: poidev's set-up of the floats whose bit patterns are [v0, v0 + count): the number of
- *   set-ups that differ from the scalar's; stat[1] the lanes that took the scalar.
+ *   set-ups that differ from the scalar's; stat[1] the lanes that took the scalar;
+ * which 2: gammln_f32 (Stirling's series) of those floats x in [12, 1e6], at f32(x + 1): the
+ *   number that differ from gammln's; stat[0] the largest |series - gammln| before rounding,
+ *   stat[1] the ones that took gammln.
  * Returns -1 for a bad request. */
 int64_t nb_lanes_check(int which, int64_t v0, int64_t count, double *stat)
 {
@@ -743,6 +805,23 @@ int64_t nb_lanes_check(int which, int64_t v0, int64_t count, double *stat)
                 if (dc > stat[2]) stat[2] = dc;
                 if (dl > stat[3]) stat[3] = dl;
             }
+        }
+        return bad;
+    }
+    if (which == 2) {
+        if (v0 < 0 || v0 + count > 0x7f800000LL) return -1;
+        for (int64_t b = v0; b < v0 + count; ++b) {
+            uint32_t bits = (uint32_t)b;
+            float m;
+            memcpy(&m, &bits, sizeof m);
+            double xm = (double)m;
+            if (!(xm >= 12.0 && xm <= 1.0e6)) continue;
+            double x = f32(xm + 1.0), G = gammln_f32(x), ref = gammln(x);
+            if (G != ref) ++bad;
+            double S = stirling(x);
+            stat[1] += !float_sure(S, STIRLING_TOL(S));
+            double dd = fabs(S - gammln_d(x));
+            if (dd > stat[0]) stat[0] = dd;
         }
         return bad;
     }

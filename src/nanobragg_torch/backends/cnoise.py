@@ -171,14 +171,17 @@ def lanes_check(lib, which: str, start: int, count: int) -> Tuple[int, dict]:
     ``which="tan"``: ran1's outputs of the LCG values [start, start + count); returns the number
     of draws whose tan(PI u) as float (or u) differs from libm's, and the largest errors.
     ``which="setup"``: poidev's set-up of the floats with bit patterns [start, start + count);
-    returns the number that differ from the scalar set-up.
+    returns the number that differ from the scalar set-up.  ``which="gammln"``: the float
+    gammln of f32(x + 1) for those floats x in [12, 1e6] by Stirling's series (the set-up of
+    means not known ahead) against gammln's.
     """
     stat = np.zeros(4, dtype=np.float64)
-    code = {"tan": 0, "setup": 1}[which]
+    code = {"tan": 0, "setup": 1, "gammln": 2}[which]
     bad = lib.nb_lanes_check(code, int(start), int(count), _ptr(stat))
     if bad < 0:
         raise ValueError(f"lanes_check: range [{start}, {start + count}) is out of bounds for {which!r}")
-    keys = ("tan_ulps", "libm_lanes", "c_error", "L_error") if code == 0 else ("", "scalar_lanes", "", "")
+    keys = {0: ("tan_ulps", "libm_lanes", "c_error", "L_error"), 1: ("", "scalar_lanes", "", ""),
+            2: ("series_error", "gammln_calls", "", "")}[code]
     return int(bad), {k: float(v) for k, v in zip(keys, stat) if k}
 
 

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .._thread import Background
 from ..io.hkl import InputFileError
 from .flags import FlagError, Rule, check_rules
 from .resolve import SetupError
@@ -124,26 +125,10 @@ def write_all(writes) -> None:
                 fh.write(part)
 
 
-class Writer:
+class Writer(Background):
     """:func:`write_all` of ``job`` (a list of writes), or ``job()`` (a callable), on a thread:
     the images that are final, while the noise is drawn.  ``join()`` returns what ``job()``
     returned and re-raises what it raised."""
 
     def __init__(self, job):
-        import threading
-        self.exc = None
-        self.result = None
-        self.thread = threading.Thread(target=self._run, args=(job,), daemon=True)
-        self.thread.start()
-
-    def _run(self, job):
-        try:
-            self.result = job() if callable(job) else write_all(job)
-        except BaseException as e:      # noqa: BLE001 - handed to join()
-            self.exc = e
-
-    def join(self):
-        self.thread.join()
-        if self.exc is not None:
-            raise self.exc
-        return self.result
+        super().__init__(job if callable(job) else (lambda: write_all(job)))
