@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROPERTIES = ("test_legal_parameters_render_finite_images", "test_random_argument_lists_fail_cleanly",
               "test_hkl_reader", "test_fdump_reader", "test_matrix_reader", "test_smv_reader",
               "test_source_and_stol_reader", "test_header_images_through_the_cli",
-              "tests/test_cio.py::test_random_tables_read_as_numpy")
+              "tests/test_cio.py::test_random_tables_read_as_numpy",
+              "tests/test_companion_kernels.py::test_random_noise_inputs_match_numba")
 
 
 def _counts(text: str):

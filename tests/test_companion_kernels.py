@@ -314,3 +314,74 @@ def test_nonbragg_without_the_c_kernels_gives_the_same_files_and_says_so(tmp_pat
 def _write_table(path):
     path.write_text("# stol F\n0 2.57\n0.1 2.2\n0.2 1.9\n0.3 2.3\n0.4 1.6\n0.6 1.2\n1.0 1.0\n")
     return str(path)
+
+
+# ---- a differential property: the C kernels against the numba twins on random input ----------
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FUZZ = int(os.environ.get("NB_FUZZ_EXAMPLES", "0") or 0)     # scripts/fuzz.py's extended random run
+
+
+@st.composite
+def _noise_inputs(draw):
+    """A small image of means from every poidev branch (zeros, negatives, below 12, 12 .. 1e6 in
+    several decades, above 1e6, repeated values), its seed and ROI, noisify's parameters."""
+    S, F = draw(st.integers(1, 23)), draw(st.integers(1, 23))
+    r = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    kind = r.integers(0, 7, size=(S, F))
+    lo = np.array([0.0, -5.0, 0.01, 12.0, 1e3, 1e5, 1e6])
+    hi = np.array([0.0, 0.0, 12.0, 1e3, 1e5, 1e6, 5e7])
+    img = np.exp(np.log(np.maximum(lo[kind], 1e-3)) + r.uniform(size=(S, F)) *
+                 (np.log(np.maximum(hi[kind], 1e-3)) - np.log(np.maximum(lo[kind], 1e-3))))
+    img[kind == 0] = 0.0
+    img[kind == 1] = -r.uniform(0, 5, size=int((kind == 1).sum()))
+    if draw(st.booleans()):
+        img.flat[:: max(1, img.size // 3)] = img.flat[0]           # repeated means (poidev's cached set-up)
+    img = img.astype(np.float32)
+    x0, x1 = sorted(draw(st.lists(st.integers(-2, F + 1), min_size=2, max_size=2)))
+    y0, y1 = sorted(draw(st.lists(st.integers(-2, S + 1), min_size=2, max_size=2)))
+    kw = dict(seed=-draw(st.integers(1, 2 ** 31 - 2)),
+              calibration=draw(st.sampled_from([0.0, 0.03, 0.2])),
+              flicker=draw(st.sampled_from([0.0, 0.05])),
+              readout=draw(st.sampled_from([0.0, 2.0])),
+              psf=draw(st.sampled_from([None, "gauss", "fiber"])),
+              psf_fwhm=draw(st.sampled_from([40e-6, 150e-6, 400e-6])),
+              psf_radius=draw(st.sampled_from([0, 0, 2])),
+              psf_edges=draw(st.sampled_from(["c", "clip"])),
+              bits=draw(st.sampled_from([16, 32])))
+    return img, (x0, x1, y0, y1), kw, draw(st.sampled_from([1, 2, 3]))
+
+
+@needs_c
+@settings(max_examples=_FUZZ or 40, deadline=None, database=None, derandomize=not _FUZZ)
+@given(_noise_inputs())
+def test_random_noise_inputs_match_numba(case):
+    """nonBragg's noise image (with its ROI, 1-3 threads) and noisify's whole pipeline: the C
+    kernel's images, statistics and generator state are the numba twins' on random input."""
+    from nanobragg_torch import rng
+    from nanobragg_torch.noisify_program import NoisifyParams, noisify_c
+    img, (x0, x1, y0, y1), kw, nthreads = case
+    S, F = img.shape
+    got = []
+    for use_c in (True, False):
+        st_ = rng.CRandom()
+        seed = np.array([kw["seed"]], dtype=np.int64)
+        out = np.zeros((S, F), np.uint16)
+        if use_c:
+            res = cnoise.noise(cnoise.load(), img, x0, x1, y0, y1, 40.0, st_._ist, st_._fst, seed, out,
+                               nthreads=nthreads)
+        else:
+            rng.enable_jit()
+            res = rng._noise_k(img, x0, x1, y0, y1, 40.0, st_._ist, st_._fst, seed, out)
+        got.append((out, float(res[0]), int(res[1]), st_._ist.copy(), st_._fst.copy(), int(seed[0])))
+    (a, *ra), (b, *rb) = got
+    assert np.array_equal(a, b) and ra[0] == rb[0] and ra[1] == rb[1] and ra[4] == rb[4]
+    assert np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3], equal_nan=True)
+    p = NoisifyParams(xpixels=F, ypixels=S, pixel_size=0.1e-3, **kw)
+    c = noisify_c(img, p, impl="c")
+    n = noisify_c(img, p, impl="numba")
+    assert np.array_equal(c.noise_adu, n.noise_adu) and np.array_equal(c.int_adu, n.int_adu)
+    strip = lambda r: [x for x in r if not x.startswith("adding back")]      # noqa: E731
+    assert strip(c.report) == strip(n.report)
