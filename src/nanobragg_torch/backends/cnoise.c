@@ -1,9 +1,11 @@
 /* The C generator's random images (ran1 / gaussdev / poidev / gammln of Numerical Recipes,
  * single-precision results) and noisify's pixel loops, for nonBragg's noise image and the
- * noisify program.  ran1/gammln/gaussdev/poidev are line-for-line twins of the kernels in
- * rng.py (_ran1_k, _gammln_k, _gaussdev_k, _poidev_k): the same double arithmetic with the
- * same explicit roundings to float, so the images are identical.  Built without fast-math and
- * without FMA contraction, which would change those roundings.
+ * noisify program.  The draws (ran1_s: lcg_next, the shuffle table and ran1_u; gaussdev_s,
+ * poidev_s, gammln) compute what the kernels in rng.py compute (_ran1_k, _gaussdev_k,
+ * _poidev_k, _gammln_k): the same double arithmetic with the same explicit roundings to float,
+ * so the images are identical.  Built without fast-math and without FMA contraction, which
+ * would change those roundings (rs_derive alone allows contraction: its fast functions are
+ * checked against libm, below).
  *
  * The draws are one serial stream (pixel after pixel, as the C programs).  What makes it cheap
  * without changing a bit of it (each gives the very values the serial code computes):
@@ -58,31 +60,6 @@ static inline double f32(double x) { return (double)(float)x; }
 
 int nb_noise_abi(void) { return 3; }
 
-static double ran1(int64_t *ist, int64_t *seed)
-{
-    int64_t idum = seed[0], k;
-    int j;
-    if (idum <= 0 || ist[I_IY] == 0) {
-        idum = (-idum < 1) ? 1 : -idum;
-        for (j = NTAB + 7; j >= 0; --j) {
-            k = idum / IQ;
-            idum = IA * (idum - k * IQ) - IR * k;
-            if (idum < 0) idum += IM;
-            if (j < NTAB) ist[I_IV + j] = idum;
-        }
-        ist[I_IY] = ist[I_IV];
-    }
-    k = idum / IQ;
-    idum = IA * (idum - k * IQ) - IR * k;
-    if (idum < 0) idum += IM;
-    seed[0] = idum;
-    j = (int)(ist[I_IY] / NDIV);
-    ist[I_IY] = ist[I_IV + j];
-    ist[I_IV + j] = idum;
-    double temp = f32(AM * (double)ist[I_IY]);
-    if (temp > RNMX) return f32(RNMX);
-    return temp;
-}
 
 /* gammln before its rounding to float */
 static double gammln_d(double xx)
@@ -102,23 +79,6 @@ static double gammln_d(double xx)
 
 static double gammln(double xx) { return f32(gammln_d(xx)); }
 
-static double gaussdev(int64_t *ist, double *fst, int64_t *seed)
-{
-    double v1, v2, rsq, fac;
-    if (ist[I_ISET] == 0) {
-        do {
-            v1 = f32(2.0 * ran1(ist, seed) - 1.0);
-            v2 = f32(2.0 * ran1(ist, seed) - 1.0);
-            rsq = f32(f32(v1 * v1) + f32(v2 * v2));
-        } while (rsq >= 1.0 || rsq == 0.0);
-        fac = f32(sqrt(-2.0 * log(rsq) / rsq));
-        fst[F_GSET] = f32(v1 * fac);
-        ist[I_ISET] = 1;
-        return f32(v2 * fac);
-    }
-    ist[I_ISET] = 0;
-    return fst[F_GSET];
-}
 
 /* gammln(em + 1) for integer em in [0, size): the values the rejection loop meets most, filled
  * ahead (the range of the means plus ten standard deviations, so the table stays in cache);
@@ -1028,11 +988,21 @@ double nb_readout(const float *counts, int64_t n, double gain, double adc, doubl
 {
     double total = 0.0;
     int64_t over = 0;
+    rstream *rs = NULL;
+    shuffle_t sh;
+    producer P;
+    if (readout > 0.0) {
+        /* the read-out noise's draws: the seed's stream, made as the draws need it (no thread) */
+        rs = rs_open(seed[0]);
+        if (!rs) return -1.0;
+        shuffle_open(&sh, ist);
+        producer_start(&P, &rs, 1, NULL, NULL, NULL, 1);
+    }
     for (int64_t i = 0; i < n; ++i) {
         double p = (double)counts[i];
         total += p;
         double adu = p * gain + adc;
-        if (readout > 0.0) adu += readout * gaussdev(ist, fst, seed);
+        if (rs) adu += readout * gaussdev_s(&sh, rs, &P, ist, fst);
         double a = adu * 1.0 + 0.0;
         if (a > 2147483647.0) {
             a = 2147483647.0;
@@ -1044,6 +1014,12 @@ double nb_readout(const float *counts, int64_t n, double gain, double adc, doubl
             if (bits == 16) ++over;
         }
         if (out16) out16[i] = to_ushort(a);
+    }
+    if (rs) {
+        producer_finish(&P);
+        shuffle_close(&sh, ist);
+        seed[0] = rs_seed(rs);
+        free(rs);
     }
     *overloads = over;
     return total;

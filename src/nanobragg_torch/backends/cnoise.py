@@ -100,6 +100,8 @@ def noise(lib, img: np.ndarray, xmin: int, xmax: int, ymin: int, ymax: int, adc:
     over = np.zeros(1, dtype=np.int64)
     photons = lib.nb_noise(_ptr(img), img.shape[0], img.shape[1], xmin, xmax, ymin, ymax, float(adc),
                            _ptr(ist), _ptr(fst), _ptr(seed), _ptr(out), _ptr(over), nthreads or threads())
+    if photons < 0:
+        raise MemoryError("noise image: out of memory")
     return float(photons), int(over[0])
 
 
@@ -111,6 +113,8 @@ def photon_noise(lib, photons: np.ndarray, flicker: float, calibration: float, i
     counts = np.empty(photons.shape[0], dtype=np.float32)
     total = lib.nb_photon_noise(_ptr(photons), photons.shape[0], float(flicker), float(calibration), _ptr(ist),
                                 _ptr(fst), _ptr(seed), _ptr(cseed), _ptr(counts), nthreads or threads())
+    if total < 0:
+        raise MemoryError("noisify: out of memory")
     return counts, float(total)
 
 
@@ -162,6 +166,8 @@ def readout(lib, counts: np.ndarray, gain: float, adc: float, readout_noise: flo
     over = np.zeros(1, dtype=np.int64)
     total = lib.nb_readout(_ptr(counts), n, float(gain), float(adc), float(readout_noise), int(bits), _ptr(ist),
                            _ptr(fst), _ptr(seed), _ptr(u16), _ptr(u32), _ptr(over))
+    if total < 0:
+        raise MemoryError("noisify: out of memory")
     return (u16 if bits == 16 else u32), float(total), int(over[0])
 
 
