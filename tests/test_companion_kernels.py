@@ -25,36 +25,49 @@ def _image(S=37, F=29, seed=3):
     return img
 
 
+def _noise_c_and_numba(frames, roi, seed, nthreads):
+    """nonBragg's noise images of ``frames`` in a row (one generator) by the C kernel and by the
+    numba twin: for each, a list of (image, photons, overloads, ist, fst, seed) per frame."""
+    from nanobragg_torch import rng
+    S, F = frames[0].shape
+    x0, x1, y0, y1 = roi
+    outs = []
+    for use_c in (True, False):
+        st = rng.CRandom()
+        sd = np.array([seed], dtype=np.int64)
+        res = []
+        for frame in frames:
+            out = np.zeros((S, F), np.uint16)
+            if use_c:
+                got = cnoise.noise(cnoise.load(), frame, x0, x1, y0, y1, 40.0, st._ist, st._fst, sd, out,
+                                   nthreads=nthreads)
+            else:
+                rng.enable_jit()
+                got = rng._noise_k(frame, x0, x1, y0, y1, 40.0, st._ist, st._fst, sd, out)
+            res.append((out, float(got[0]), int(got[1]), st._ist.copy(), st._fst.copy(), int(sd[0])))
+        outs.append(res)
+    return outs
+
+
+def _assert_same_noise(outs):
+    for (a, *ra), (b, *rb) in zip(*outs):
+        assert np.array_equal(a, b)
+        assert ra[0] == rb[0] and ra[1] == rb[1] and ra[4] == rb[4]
+        # the generator's state after
+        assert np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3], equal_nan=True)
+
+
 @needs_c
 @pytest.mark.parametrize("roi", [None, (3, 20, 2, 30)])
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("shape", [(37, 29), (151, 131)])
 def test_cnoise_noise_image_matches_numba_kernel(roi, nthreads, shape):
     """The same images and, after two images in a row, the same generator state (a large image
-    with 2 threads: the per-mean set-up on the helper thread)."""
-    from nanobragg_torch import rng
+    with 2 threads: the per-mean set-up on the producer thread)."""
     img = _image(*shape)
     S, F = img.shape
-    x0, x1, y0, y1 = roi if roi else (0, F - 1, 0, S - 1)
-    outs = []
-    for use_c in (True, False):
-        st = rng.CRandom()
-        seed = np.array([-7], dtype=np.int64)
-        res = []
-        for frame in (img, img[::-1].copy()):
-            out = np.zeros((S, F), np.uint16)
-            if use_c:
-                got = cnoise.noise(cnoise.load(), frame, x0, x1, y0, y1, 40.0, st._ist, st._fst, seed, out,
-                                   nthreads=nthreads)
-            else:
-                rng.enable_jit()
-                got = rng._noise_k(frame, x0, x1, y0, y1, 40.0, st._ist, st._fst, seed, out)
-            res.append((out, float(got[0]), int(got[1]), st._ist.copy(), st._fst.copy(), int(seed[0])))
-        outs.append(res)
-    for (a, *ra), (b, *rb) in zip(*outs):
-        assert np.array_equal(a, b)
-        assert ra[0] == rb[0] and ra[1] == rb[1] and ra[4] == rb[4]
-        assert np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3])   # the generator's state after
+    _assert_same_noise(_noise_c_and_numba([img, img[::-1].copy()], roi if roi else (0, F - 1, 0, S - 1), -7,
+                                          nthreads))
 
 
 # ran1's LCG values where tan(PI u) is hardest: u near 0 (x near 0), near 1/4, 1/2 (the pole, where
@@ -360,25 +373,10 @@ def _noise_inputs(draw):
 def test_random_noise_inputs_match_numba(case):
     """nonBragg's noise image (with its ROI, 1-3 threads) and noisify's whole pipeline: the C
     kernel's images, statistics and generator state are the numba twins' on random input."""
-    from nanobragg_torch import rng
     from nanobragg_torch.noisify_program import NoisifyParams, noisify_c
-    img, (x0, x1, y0, y1), kw, nthreads = case
+    img, roi, kw, nthreads = case
     S, F = img.shape
-    got = []
-    for use_c in (True, False):
-        st_ = rng.CRandom()
-        seed = np.array([kw["seed"]], dtype=np.int64)
-        out = np.zeros((S, F), np.uint16)
-        if use_c:
-            res = cnoise.noise(cnoise.load(), img, x0, x1, y0, y1, 40.0, st_._ist, st_._fst, seed, out,
-                               nthreads=nthreads)
-        else:
-            rng.enable_jit()
-            res = rng._noise_k(img, x0, x1, y0, y1, 40.0, st_._ist, st_._fst, seed, out)
-        got.append((out, float(res[0]), int(res[1]), st_._ist.copy(), st_._fst.copy(), int(seed[0])))
-    (a, *ra), (b, *rb) = got
-    assert np.array_equal(a, b) and ra[0] == rb[0] and ra[1] == rb[1] and ra[4] == rb[4]
-    assert np.array_equal(ra[2], rb[2]) and np.array_equal(ra[3], rb[3], equal_nan=True)
+    _assert_same_noise(_noise_c_and_numba([img], roi, kw["seed"], nthreads))
     p = NoisifyParams(xpixels=F, ypixels=S, pixel_size=0.1e-3, **kw)
     c = noisify_c(img, p, impl="c")
     n = noisify_c(img, p, impl="numba")

@@ -62,20 +62,22 @@ int nb_noise_abi(void) { return 3; }
 
 
 /* gammln before its rounding to float */
-static double gammln_d(double xx)
-{
-    double x = xx, y = xx, tmp, ser;
-    tmp = x + 5.5;
-    tmp -= (x + 0.5) * log(tmp);
-    ser = 1.000000000190015;
-    y += 1.0; ser += 76.18009172947146 / y;
-    y += 1.0; ser += -86.50532032941677 / y;
-    y += 1.0; ser += 24.01409824083091 / y;
-    y += 1.0; ser += -1.231739572450155 / y;
-    y += 1.0; ser += 0.1208650973866179e-2 / y;
-    y += 1.0; ser += -0.5395239384953e-5 / y;
-    return -tmp + log(2.5066282746310005 * ser / x);
-}
+/* Numerical Recipes' gammln (Lanczos) before its rounding to float, with LOG for libm's log
+ * (the scalar here, log_v8 in lanes below): one text for both */
+#define GAMMLN_SERIES(xx, LOG, ONE)                                                               \
+    {                                                                                             \
+        __typeof__(xx) x = (xx), y = (xx), tmp = x + 5.5, ser = (ONE);                            \
+        tmp -= (x + 0.5) * LOG(tmp);                                                              \
+        y += 1.0; ser += 76.18009172947146 / y;                                                   \
+        y += 1.0; ser += -86.50532032941677 / y;                                                  \
+        y += 1.0; ser += 24.01409824083091 / y;                                                   \
+        y += 1.0; ser += -1.231739572450155 / y;                                                  \
+        y += 1.0; ser += 0.1208650973866179e-2 / y;                                               \
+        y += 1.0; ser += -0.5395239384953e-5 / y;                                                 \
+        return -tmp + LOG(2.5066282746310005 * ser / x);                                          \
+    }
+
+static double gammln_d(double xx) GAMMLN_SERIES(xx, log, 1.000000000190015)
 
 static double gammln(double xx) { return f32(gammln_d(xx)); }
 
@@ -277,20 +279,7 @@ typedef struct {
 } pre_job;
 
 /* gammln in lanes: the scalar's arithmetic with log_v8 for libm's log */
-static inline v8 gammln_v8(v8 xx)
-{
-    v8 x = xx, y = xx, tmp, ser;
-    tmp = x + 5.5;
-    tmp -= (x + 0.5) * log_v8(tmp);
-    ser = v8_splat(1.000000000190015);
-    y += 1.0; ser += 76.18009172947146 / y;
-    y += 1.0; ser += -86.50532032941677 / y;
-    y += 1.0; ser += 24.01409824083091 / y;
-    y += 1.0; ser += -1.231739572450155 / y;
-    y += 1.0; ser += 0.1208650973866179e-2 / y;
-    y += 1.0; ser += -0.5395239384953e-5 / y;
-    return -tmp + log_v8(2.5066282746310005 * ser / x);
-}
+static inline v8 gammln_v8(v8 xx) GAMMLN_SERIES(xx, log_v8, v8_splat(1.000000000190015))
 
 /* poidev_setup of 8 means in lanes (the lanes that are not certain, or not in the rejection
  * branch, by the scalar) */
