@@ -15,7 +15,7 @@
  *    consumer keeps the shuffle table and decides poidev's test in logs where it is not
  *    within acc_eps of its boundary (exactly, with libm's exp, where it is);
  *  - the fast tan and log are checked lane by lane: where the float rounding of a fast value is
- *    not certain (round_sure_v8), libm's function gives it;
+ *    not certain (round_sure_vd), libm's function gives it;
  *  - poidev's per-mean set-up (sqrt(2 xm), log xm, xm log xm - gammln(xm + 1)) depends on the
  *    pixel's mean only; where the means are known in advance (nonBragg's image, noisify without
  *    flicker or calibration error) the producer computes it ahead, in lanes, checked the same way;
@@ -63,7 +63,7 @@ int nb_noise_abi(void) { return 3; }
 
 /* gammln before its rounding to float */
 /* Numerical Recipes' gammln (Lanczos) before its rounding to float, with LOG for libm's log
- * (the scalar here, log_v8 in lanes below): one text for both */
+ * (the scalar here, log_vd in lanes below): one text for both */
 #define GAMMLN_SERIES(xx, LOG, ONE)                                                               \
     {                                                                                             \
         __typeof__(xx) x = (xx), y = (xx), tmp = x + 5.5, ser = (ONE);                            \
@@ -172,32 +172,56 @@ static inline void poidev_setup(double xm, float *pre)
 }
 
 /* ---- libm's results in SIMD lanes ----------------------------------------------------------
- * Fast log and tan in 8 double lanes; where a value is rounded to float next (as the C rounds
- * them), round_sure_v8() tells the lanes whose float is certain: the fast value is more than TOL
- * double ulps from a rounding midpoint, so libm's value (within its own error of the exact one)
- * rounds to the same float.  The other lanes take libm's function. */
-typedef double v8 __attribute__((vector_size(64)));
-typedef int64_t v8l __attribute__((vector_size(64)));
-typedef float v8fs __attribute__((vector_size(32)));
+ * Fast log and tan in NL double lanes (the machine's vector width: 8 with AVX-512, 4 with AVX,
+ * else 2); where a value is rounded to float next (as the C rounds them), round_sure_vd() tells
+ * the lanes whose float is certain: the fast value is more than TOL double ulps from a rounding
+ * midpoint, so libm's value (within its own error of the exact one) rounds to the same float.
+ * The other lanes take libm's function. */
+#if defined(__AVX512F__)
+#define NL 8
+#define A_NL 1457850878LL     /* 16807^NL mod (2^31 - 1): NL LCG steps at once */
+#elif defined(__AVX__)
+#define NL 4
+#define A_NL 984943658LL
+#else
+#define NL 2
+#define A_NL 282475249LL
+#endif
+typedef double vd __attribute__((vector_size(8 * NL)));
+typedef int64_t vl __attribute__((vector_size(8 * NL)));
+typedef uint64_t vu __attribute__((vector_size(8 * NL)));
+typedef float vf __attribute__((vector_size(4 * NL)));
 
-static inline v8 v8_splat(double a) { return (v8){a, a, a, a, a, a, a, a}; }
+static inline vd vd_splat(double a) { return (vd){0} + a; }
+
+/* int64 lanes with |k| < 2^51 as doubles, and doubles rounded to such integers, by the 1.5 2^52
+ * trick (integer adds and float adds only: no int64 <-> double conversion, which AVX2 lacks) */
+#define MAGIC 6755399441055744.0
+#define MAGIC_BITS 0x4338000000000000LL
+static inline vd i2d_vd(vl k)
+{
+    vl b = k + MAGIC_BITS;
+    vd d;
+    __builtin_memcpy(&d, &b, sizeof d);
+    return d - MAGIC;
+}
 
 #define TOL 64                /* double ulps: a fast function's error and libm's, with room */
 
 /* log of finite normal x > 0, absolute error < 4e-15 */
-static inline v8 log_v8(v8 x)
+static inline vd log_vd(vd x)
 {
-    v8l bits;
+    vl bits;
     __builtin_memcpy(&bits, &x, sizeof bits);
-    v8l ex = ((bits >> 52) & 0x7ff) - 1023;
-    v8l mb = (bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL;
-    v8 m;
+    vl ex = (vl)(((vu)bits >> 52) & 0x7ff) - 1023;
+    vl mb = (bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL;
+    vd m;
     __builtin_memcpy(&m, &mb, sizeof m);
-    v8l big = m > 1.4142135623730951;           /* m in [sqrt(1/2), sqrt(2)) */
-    m = (v8)(((v8l)(m * 0.5) & big) | ((v8l)m & ~big));
+    vl big = m > 1.4142135623730951;           /* m in [sqrt(1/2), sqrt(2)) */
+    m = (vd)(((vl)(m * 0.5) & big) | ((vl)m & ~big));
     ex = ex - big;                               /* big is -1 where true */
-    v8 s = (m - 1.0) / (m + 1.0), s2 = s * s;
-    v8 p = v8_splat(1.0 / 19.0);
+    vd s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    vd p = vd_splat(1.0 / 19.0);
     p = p * s2 + 1.0 / 17.0;
     p = p * s2 + 1.0 / 15.0;
     p = p * s2 + 1.0 / 13.0;
@@ -206,31 +230,32 @@ static inline v8 log_v8(v8 x)
     p = p * s2 + 1.0 / 7.0;
     p = p * s2 + 1.0 / 5.0;
     p = p * s2 + 1.0 / 3.0;
-    return __builtin_convertvector(ex, v8) * 0.6931471805599453 + (2.0 * s + 2.0 * s * s2 * p);
+    return i2d_vd(ex) * 0.6931471805599453 + (2.0 * s + 2.0 * s * s2 * p);
 }
 
 /* the lanes whose rounding to float is certain (-1) when t is within TOL double ulps of libm's
  * value: t is more than TOL ulps from a rounding midpoint */
-static inline v8l round_sure_v8(v8 t)
+static inline vl round_sure_vd(vd t)
 {
-    v8l b;
+    vl b;
     __builtin_memcpy(&b, &t, sizeof b);
-    v8l d = (b & ((1LL << 29) - 1)) - (1LL << 28);   /* the bits float rounding drops, less half */
-    v8 at = (v8)((v8l)t & 0x7fffffffffffffffLL);
+    vl d = (b & ((1LL << 29) - 1)) - (1LL << 28);   /* the bits float rounding drops, less half */
+    vd at = (vd)((vl)t & 0x7fffffffffffffffLL);
     return ((d > TOL) | (d < -TOL)) & (at > 1e-30) & (at < 1e30);
 }
 
-static inline v8 f32_v8(v8 x) { return __builtin_convertvector(__builtin_convertvector(x, v8fs), v8); }
+static inline vd f32_vd(vd x) { return __builtin_convertvector(__builtin_convertvector(x, vf), vd); }
 
 /* tan(x) for x in [0, 3.2]: within a few ulp of libm's (nb_lanes_check) */
-static inline v8 tan_v8(v8 x)
+static inline vd tan_vd(vd x)
 {
     const double pio2_1 = 1.57079632673412561417e+00, pio2_2 = 6.07710050630396597660e-11,
                  pio2_3 = 2.02226624871116645580e-21, pio2_3t = 8.47842766036889956997e-32;
     /* x - n pi/2 in four parts (fdlibm's): x = fl(PI u) can lie within 1e-16 of pi/2 */
-    v8 n = __builtin_convertvector(__builtin_convertvector(x * 0.63661977236758134308 + 0.5, v8l), v8);
-    v8 r = (((x - n * pio2_1) - n * pio2_2) - n * pio2_3) - n * pio2_3t;
-    v8 z = r * r;
+    vd t = x * 0.63661977236758134308 + MAGIC;      /* n = rint(x 2/pi), its parity in t's low bit */
+    vd n = t - MAGIC;
+    vd r = (((x - n * pio2_1) - n * pio2_2) - n * pio2_3) - n * pio2_3t;
+    vd z = r * r;
     /* sin and cos of |r| <= pi/4 (fdlibm's kernel coefficients) */
     const double S1 = -1.66666666666666324348e-01, S2 = 8.33333333332248946124e-03,
                  S3 = -1.98412698298579493134e-04, S4 = 2.75573137070700676789e-06,
@@ -238,13 +263,15 @@ static inline v8 tan_v8(v8 x)
     const double C1 = 4.16666666666666019037e-02, C2 = -1.38888888888741095749e-03,
                  C3 = 2.48015872894767294178e-05, C4 = -2.75573143513906633035e-07,
                  C5 = 2.08757232129817482790e-09, C6 = -1.13596475577881948265e-11;
-    v8 sn = r + r * z * (S1 + z * (S2 + z * (S3 + z * (S4 + z * (S5 + z * S6)))));
-    v8 cp = z * (C1 + z * (C2 + z * (C3 + z * (C4 + z * (C5 + z * C6)))));
-    v8 hz = 0.5 * z, w = 1.0 - hz;
-    v8 cs = w + (((1.0 - w) - hz) + z * cp);
-    v8l odd = (__builtin_convertvector(n, v8l) & 1) != 0;
-    v8 num = (v8)(((v8l)(-cs) & odd) | ((v8l)sn & ~odd));
-    v8 den = (v8)(((v8l)sn & odd) | ((v8l)cs & ~odd));
+    vd sn = r + r * z * (S1 + z * (S2 + z * (S3 + z * (S4 + z * (S5 + z * S6)))));
+    vd cp = z * (C1 + z * (C2 + z * (C3 + z * (C4 + z * (C5 + z * C6)))));
+    vd hz = 0.5 * z, w = 1.0 - hz;
+    vd cs = w + (((1.0 - w) - hz) + z * cp);
+    vl tb;
+    __builtin_memcpy(&tb, &t, sizeof tb);
+    vl odd = (tb & 1) != 0;
+    vd num = (vd)(((vl)(-cs) & odd) | ((vl)sn & ~odd));
+    vd den = (vd)(((vl)sn & odd) | ((vl)cs & ~odd));
     return num / den;
 }
 
@@ -259,10 +286,10 @@ double nb_acc_eps(double v)
     return old;
 }
 
-static inline int all_lanes(v8l m)
+static inline int all_lanes(vl m)
 {
     int64_t a = -1;
-    for (int l = 0; l < 8; ++l) a &= m[l];
+    for (int l = 0; l < NL; ++l) a &= m[l];
     return a != 0;
 }
 
@@ -278,26 +305,27 @@ typedef struct {
     int threaded;
 } pre_job;
 
-/* gammln in lanes: the scalar's arithmetic with log_v8 for libm's log */
-static inline v8 gammln_v8(v8 xx) GAMMLN_SERIES(xx, log_v8, v8_splat(1.000000000190015))
+/* gammln in lanes: the scalar's arithmetic with log_vd for libm's log */
+static inline vd gammln_vd(vd xx) GAMMLN_SERIES(xx, log_vd, vd_splat(1.000000000190015))
 
-/* poidev_setup of 8 means in lanes (the lanes that are not certain, or not in the rejection
+/* poidev_setup of NL means in lanes (the lanes that are not certain, or not in the rejection
  * branch, by the scalar) */
-static void setup_v8(const float *means, float *pre)
+static void setup_vd(const float *means, float *pre)
 {
-    v8 xm;
-    for (int l = 0; l < 8; ++l) xm[l] = (double)means[l];
-    v8 alxm_d = log_v8(xm);
-    v8l ok = (xm >= 12.0) & (xm <= 1.0e6) & round_sure_v8(alxm_d);
-    v8 alxm = f32_v8(alxm_d);
-    v8 G_d = gammln_v8(f32_v8(xm + 1.0));
-    ok &= round_sure_v8(G_d);
-    v8 G = f32_v8(G_d);
-    v8 g = f32_v8(xm * alxm) - G;
-    for (int l = 0; l < 8; ++l) {
+    vf mf;
+    __builtin_memcpy(&mf, means, sizeof mf);
+    vd xm = __builtin_convertvector(mf, vd);
+    vd alxm_d = log_vd(xm);
+    vl ok = (xm >= 12.0) & (xm <= 1.0e6) & round_sure_vd(alxm_d);
+    vd alxm = f32_vd(alxm_d);
+    vd G_d = gammln_vd(f32_vd(xm + 1.0));
+    ok &= round_sure_vd(G_d);
+    vd g = f32_vd(xm * alxm) - f32_vd(G_d);
+    vd two = xm * 2.0;
+    for (int l = 0; l < NL; ++l) {
         float *o = pre + 3 * l;
         if (ok[l]) {
-            o[0] = (float)sqrt(2.0 * xm[l]);
+            o[0] = (float)__builtin_sqrt(two[l]);      /* (lanes >= 24: no errno path) */
             o[1] = (float)alxm[l];
             o[2] = (float)g[l];
         } else {
@@ -309,7 +337,7 @@ static void setup_v8(const float *means, float *pre)
 static void pre_range(pre_job *job, int64_t lo, int64_t hi)
 {
     int64_t q = lo;
-    for (; q + 8 <= hi; q += 8) setup_v8(job->means + q, job->pre + 3 * q);
+    for (; q + NL <= hi; q += NL) setup_vd(job->means + q, job->pre + 3 * q);
     for (; q < hi; ++q)
         poidev_setup(f32((double)job->means[q]), job->pre + 3 * q);
 }
@@ -341,8 +369,6 @@ static inline const float *pre_get(pre_job *c, int64_t q)
  * poidev's acceptance test (u > t, t = (float)(0.9 (1 + y y) exp(lnratio))), decided in logs
  * (L against c + lnratio) where the two differ by more than acc_eps, exactly (libm's exp) where
  * they do not.  The consumer keeps the shuffle table, with these values in its entries. */
-/* 16807^8 mod (2^31 - 1): eight LCG steps at once */
-#define A8 1457850878LL
 
 static inline int64_t lcg_next(int64_t idum)
 {
@@ -382,7 +408,7 @@ typedef struct {
     _Atomic int64_t made;     /* entries [0, made) are ready (counted from the stream's start) */
     _Atomic int64_t taken;    /* the consumer has read entries [0, taken) */
     _Atomic int64_t start;    /* the LCG value before entry 0, -1 until the consumer sets it */
-    v8l lanes;                /* producer: the LCG values of the next 8 entries */
+    vl lanes;                 /* producer: the LCG values of the next NL entries */
     int begun;                /* producer: lanes set */
     int64_t cur;              /* consumer: the seed variable */
     int64_t pos, known;       /* consumer: entries read, and its copy of made */
@@ -393,43 +419,61 @@ typedef struct {
     int64_t iy;               /* ran1's iy: the last output's LCG value */
 } shuffle_t;
 
-/* the derived values of 8 LCG values, stored at entry o (fast tan and logs: FMA contraction
+/* the derived values of NL LCG values, stored at e (fast tan and logs: FMA contraction
  * allowed here, the exact parts have no multiply-add) */
-__attribute__((optimize("fp-contract=fast"))) static inline void rs_derive(rv *e, v8l lane)
+__attribute__((optimize("fp-contract=fast"))) static inline void rs_derive(rv *e, vl lane)
 {
-    v8 u = __builtin_convertvector(
-        __builtin_convertvector(AM * __builtin_convertvector(lane, v8), v8fs), v8);
-    v8l over = u > RNMX;
-    u = (v8)(((v8l)u & ~over) | ((v8l)v8_splat(f32(RNMX)) & over));
-    v8 x = PI * u, t = tan_v8(x);
-    v8l sure = round_sure_v8(t);
+    vd u = __builtin_convertvector(
+        __builtin_convertvector(AM * i2d_vd(lane), vf), vd);
+    vl over = u > RNMX;
+    u = (vd)(((vl)u & ~over) | ((vl)vd_splat(f32(RNMX)) & over));
+    vd x = PI * u, t = tan_vd(x);
+    vl sure = round_sure_vd(t);
     if (!all_lanes(sure))
-        for (int l = 0; l < 8; ++l)
+        for (int l = 0; l < NL; ++l)
             if (!sure[l]) t[l] = tan(x[l]);
-    v8fs yf = __builtin_convertvector(t, v8fs);
-    v8 yy = __builtin_convertvector(yf * yf, v8);
-    v8 c = log_v8(0.9 * (1.0 + yy)), L = log_v8(u);
-#if defined(__clang__) || __GNUC__ >= 12
+    vf yf = __builtin_convertvector(t, vf);
+    vd yy = __builtin_convertvector(yf * yf, vd);
+    vd c = log_vd(0.9 * (1.0 + yy)), L = log_vd(u);
+#if (defined(__clang__) || __GNUC__ >= 12) && NL == 8
     /* the 8 entries {v, u, y, c, L} (4 qwords each): a 4 x 8 qword transpose in two shuffles */
     typedef float v16fs __attribute__((vector_size(64)));
-    v16fs uy = __builtin_shufflevector(__builtin_convertvector(u, v8fs), yf, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5,
+    v16fs uy = __builtin_shufflevector(__builtin_convertvector(u, vf), yf, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5,
                                        13, 6, 14, 7, 15);
-    v8l q1 = (v8l)uy, q2 = (v8l)c, q3 = (v8l)L;
-    v8l a = __builtin_shufflevector(lane, q1, 0, 8, 1, 9, 2, 10, 3, 11);
-    v8l b = __builtin_shufflevector(lane, q1, 4, 12, 5, 13, 6, 14, 7, 15);
-    v8l cc = __builtin_shufflevector(q2, q3, 0, 8, 1, 9, 2, 10, 3, 11);
-    v8l d = __builtin_shufflevector(q2, q3, 4, 12, 5, 13, 6, 14, 7, 15);
-    v8l o0 = __builtin_shufflevector(a, cc, 0, 1, 8, 9, 2, 3, 10, 11);
-    v8l o1 = __builtin_shufflevector(a, cc, 4, 5, 12, 13, 6, 7, 14, 15);
-    v8l o2 = __builtin_shufflevector(b, d, 0, 1, 8, 9, 2, 3, 10, 11);
-    v8l o3 = __builtin_shufflevector(b, d, 4, 5, 12, 13, 6, 7, 14, 15);
+    vl q1 = (vl)uy, q2 = (vl)c, q3 = (vl)L;
+    vl a = __builtin_shufflevector(lane, q1, 0, 8, 1, 9, 2, 10, 3, 11);
+    vl b = __builtin_shufflevector(lane, q1, 4, 12, 5, 13, 6, 14, 7, 15);
+    vl cc = __builtin_shufflevector(q2, q3, 0, 8, 1, 9, 2, 10, 3, 11);
+    vl d = __builtin_shufflevector(q2, q3, 4, 12, 5, 13, 6, 14, 7, 15);
+    vl o0 = __builtin_shufflevector(a, cc, 0, 1, 8, 9, 2, 3, 10, 11);
+    vl o1 = __builtin_shufflevector(a, cc, 4, 5, 12, 13, 6, 7, 14, 15);
+    vl o2 = __builtin_shufflevector(b, d, 0, 1, 8, 9, 2, 3, 10, 11);
+    vl o3 = __builtin_shufflevector(b, d, 4, 5, 12, 13, 6, 7, 14, 15);
     _Static_assert(sizeof(rv) == 32, "rv: four qwords");
     __builtin_memcpy(e, &o0, sizeof o0);
     __builtin_memcpy(e + 2, &o1, sizeof o1);
     __builtin_memcpy(e + 4, &o2, sizeof o2);
     __builtin_memcpy(e + 6, &o3, sizeof o3);
+#elif (defined(__clang__) || __GNUC__ >= 12) && NL == 4
+    /* the 4 entries: a 4 x 4 qword transpose */
+    typedef float v8fs __attribute__((vector_size(32)));
+    v8fs uy = __builtin_shufflevector(__builtin_convertvector(u, vf), yf, 0, 4, 1, 5, 2, 6, 3, 7);
+    vl q1 = (vl)uy, q2 = (vl)c, q3 = (vl)L;
+    vl a = __builtin_shufflevector(lane, q1, 0, 4, 1, 5);
+    vl b = __builtin_shufflevector(lane, q1, 2, 6, 3, 7);
+    vl cc = __builtin_shufflevector(q2, q3, 0, 4, 1, 5);
+    vl d = __builtin_shufflevector(q2, q3, 2, 6, 3, 7);
+    vl o0 = __builtin_shufflevector(a, cc, 0, 1, 4, 5);
+    vl o1 = __builtin_shufflevector(a, cc, 2, 3, 6, 7);
+    vl o2 = __builtin_shufflevector(b, d, 0, 1, 4, 5);
+    vl o3 = __builtin_shufflevector(b, d, 2, 3, 6, 7);
+    _Static_assert(sizeof(rv) == 32, "rv: four qwords");
+    __builtin_memcpy(e, &o0, sizeof o0);
+    __builtin_memcpy(e + 1, &o1, sizeof o1);
+    __builtin_memcpy(e + 2, &o2, sizeof o2);
+    __builtin_memcpy(e + 3, &o3, sizeof o3);
 #else
-    for (int l = 0; l < 8; ++l) {
+    for (int l = 0; l < NL; ++l) {
         e[l].v = lane[l];
         e[l].u = (float)u[l];
         e[l].y = yf[l];
@@ -439,10 +483,10 @@ __attribute__((optimize("fp-contract=fast"))) static inline void rs_derive(rv *e
 #endif
 }
 
-static inline v8l lcg8(v8l lane)
+static inline vl lcg_jump(vl lane)
 {
-    v8l p = lane * A8;                                /* < 2^62; mod 2^31 - 1 below */
-    v8l r = (p & IM) + (p >> 31);
+    vl p = lane * A_NL;                                /* < 2^62; mod 2^31 - 1 below */
+    vl r = (p & IM) + (vl)((vu)p >> 31);
     return r - (IM & (r >= IM));
 }
 
@@ -451,19 +495,19 @@ static void rs_fill(rstream *s, int64_t m)
 {
     if (!s->begun) {
         int64_t v = atomic_load_explicit(&s->start, memory_order_acquire);
-        for (int l = 0; l < 8; ++l) {
+        for (int l = 0; l < NL; ++l) {
             v = lcg_next(v);
             s->lanes[l] = v;
         }
         s->begun = 1;
     }
     rv *e = s->e + m % RING;
-    v8l lane = s->lanes;
-    for (int i = 0; i < RB; i += 16) {
-        v8l l2 = lcg8(lane);
+    vl lane = s->lanes;
+    for (int i = 0; i < RB; i += 2 * NL) {
+        vl l2 = lcg_jump(lane);
         rs_derive(e + i, lane);
-        rs_derive(e + i + 8, l2);
-        lane = lcg8(l2);
+        rs_derive(e + i + NL, l2);
+        lane = lcg_jump(l2);
     }
     s->lanes = lane;
 }
@@ -713,7 +757,7 @@ static inline uint32_t to_uint_via_i64(double a)
 
 /* ---- checks of the fast functions against libm ------------------------------------------------
  * which 0: ran1's outputs of the LCG values [v0, v0 + count) (1 <= v < 2^31 - 1): the number of
- *   y that differ from (float)tan(PI u); stat[0] the largest difference of tan_v8 from libm's tan
+ *   y that differ from (float)tan(PI u); stat[0] the largest difference of tan_vd from libm's tan
  *   in double ulps, stat[1] the lanes that took libm's tan, stat[2] and stat[3] the largest
  *   absolute errors of c and L;
  * which 1: poidev's set-up of the floats whose bit patterns are [v0, v0 + count): the number of
@@ -729,19 +773,19 @@ int64_t nb_lanes_check(int which, int64_t v0, int64_t count, double *stat)
     if (count < 0) return -1;
     if (which == 0) {
         if (v0 < 1 || v0 + count > IM) return -1;
-        rv e[8];
-        for (int64_t v = v0; v < v0 + count; v += 8) {
-            v8l lane;
-            for (int l = 0; l < 8; ++l) lane[l] = v + l < v0 + count ? v + l : v0;
+        rv e[NL];
+        for (int64_t v = v0; v < v0 + count; v += NL) {
+            vl lane;
+            for (int l = 0; l < NL; ++l) lane[l] = v + l < v0 + count ? v + l : v0;
             rs_derive(e, lane);
-            v8 u, x;
-            for (int l = 0; l < 8; ++l) {
+            vd u, x;
+            for (int l = 0; l < NL; ++l) {
                 u[l] = ran1_u(lane[l]);
                 x[l] = PI * u[l];
             }
-            v8 t = tan_v8(x);
-            v8l sure = round_sure_v8(t);
-            for (int l = 0; l < 8; ++l) {
+            vd t = tan_vd(x);
+            vl sure = round_sure_vd(t);
+            for (int l = 0; l < NL; ++l) {
                 double ref = tan(x[l]);
                 float yref = (float)ref;
                 if (memcmp(&yref, &e[l].y, sizeof yref) != 0 || (float)u[l] != e[l].u) ++bad;
@@ -776,14 +820,14 @@ int64_t nb_lanes_check(int which, int64_t v0, int64_t count, double *stat)
     }
     if (which == 1) {
         if (v0 < 0 || v0 + count > 0x7f800000LL) return -1;
-        for (int64_t b = v0; b < v0 + count; b += 8) {
-            float m[8], fast[24], ref[24];
-            for (int l = 0; l < 8; ++l) {
+        for (int64_t b = v0; b < v0 + count; b += NL) {
+            float m[NL], fast[3 * NL], ref[3 * NL];
+            for (int l = 0; l < NL; ++l) {
                 uint32_t bits = (uint32_t)(b + l < v0 + count ? b + l : v0);
                 memcpy(m + l, &bits, sizeof bits);
             }
-            setup_v8(m, fast);
-            for (int l = 0; l < 8; ++l) {
+            setup_vd(m, fast);
+            for (int l = 0; l < NL; ++l) {
                 float *r = ref + 3 * l;
                 r[0] = r[1] = r[2] = 0.0f;
                 poidev_setup((double)m[l], r);
@@ -792,12 +836,12 @@ int64_t nb_lanes_check(int which, int64_t v0, int64_t count, double *stat)
                 if (scalar) memcpy(f, r, sizeof(float) * 3);       /* not the lanes' branch */
                 if (memcmp(f, r, sizeof(float) * 3) != 0) ++bad;
             }
-            /* the lanes setup_v8 left to the scalar: count them */
-            v8 xm;
-            for (int l = 0; l < 8; ++l) xm[l] = (double)m[l];
-            v8l ok = (xm >= 12.0) & (xm <= 1.0e6) & round_sure_v8(log_v8(xm)) &
-                     round_sure_v8(gammln_v8(f32_v8(xm + 1.0)));
-            for (int l = 0; l < 8; ++l) stat[1] += (xm[l] >= 12.0 && xm[l] <= 1.0e6) && !ok[l];
+            /* the lanes setup_vd left to the scalar: count them */
+            vd xm;
+            for (int l = 0; l < NL; ++l) xm[l] = (double)m[l];
+            vl ok = (xm >= 12.0) & (xm <= 1.0e6) & round_sure_vd(log_vd(xm)) &
+                     round_sure_vd(gammln_vd(f32_vd(xm + 1.0)));
+            for (int l = 0; l < NL; ++l) stat[1] += (xm[l] >= 12.0 && xm[l] <= 1.0e6) && !ok[l];
         }
         return bad;
     }
