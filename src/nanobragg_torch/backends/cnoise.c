@@ -187,6 +187,9 @@ static inline void poidev_setup(double xm, float *pre)
 #define NL 2
 #define A_NL 282475249LL
 #endif
+/* with 2-double lanes the fast functions cost the producer more than the draws they would save:
+ * there it makes the LCG values and u only, and the consumer calls libm's tan and exp as the C */
+#define DERIVED (NL > 2)
 typedef double vd __attribute__((vector_size(8 * NL)));
 typedef int64_t vl __attribute__((vector_size(8 * NL)));
 typedef uint64_t vu __attribute__((vector_size(8 * NL)));
@@ -337,7 +340,8 @@ static void setup_vd(const float *means, float *pre)
 static void pre_range(pre_job *job, int64_t lo, int64_t hi)
 {
     int64_t q = lo;
-    for (; q + NL <= hi; q += NL) setup_vd(job->means + q, job->pre + 3 * q);
+    if (DERIVED)
+        for (; q + NL <= hi; q += NL) setup_vd(job->means + q, job->pre + 3 * q);
     for (; q < hi; ++q)
         poidev_setup(f32((double)job->means[q]), job->pre + 3 * q);
 }
@@ -427,6 +431,13 @@ __attribute__((optimize("fp-contract=fast"))) static inline void rs_derive(rv *e
         __builtin_convertvector(AM * i2d_vd(lane), vf), vd);
     vl over = u > RNMX;
     u = (vd)(((vl)u & ~over) | ((vl)vd_splat(f32(RNMX)) & over));
+    if (!DERIVED) {
+        for (int l = 0; l < NL; ++l) {
+            e[l].v = lane[l];
+            e[l].u = (float)u[l];
+        }
+        return;
+    }
     vd x = PI * u, t = tan_vd(x);
     vl sure = round_sure_vd(t);
     if (!all_lanes(sure))
@@ -726,16 +737,18 @@ static double poidev_s(double xm_in, shuffle_t *sh, rstream *s, const producer *
         double c;
         do {
             rv e = ran1_s(sh, s, P);
-            y = e.y;
+            y = DERIVED ? e.y : (float)tan(PI * (double)e.u);
             c = e.c;
             em = sq * y + xmf;
         } while (em < 0.0f);
         em = floorf(em);
         float lnratio = (em * alxm - (float)gammln_em1((double)em, lgt)) - g;
         rv a = ran1_s(sh, s, P);
-        double d = a.L - (c + (double)lnratio);
-        if (d < -acc_eps) return (double)em;              /* u < t */
-        if (d > acc_eps) continue;                        /* u > t */
+        if (DERIVED) {
+            double d = a.L - (c + (double)lnratio);
+            if (d < -acc_eps) return (double)em;          /* u < t */
+            if (d > acc_eps) continue;                    /* u > t */
+        }
         float t = (float)(0.9 * (1.0 + (double)(y * y)) * exp((double)lnratio));
         if (!(a.u > t)) return (double)em;
     }
