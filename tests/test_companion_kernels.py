@@ -70,6 +70,56 @@ def test_cnoise_noise_image_matches_numba_kernel(roi, nthreads, shape):
                                           nthreads))
 
 
+@needs_c
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="x86 vector-width flags")
+@pytest.mark.parametrize("extra,lanes", [(("-mno-avx512f",), 4), (("-mno-avx",), 2)])
+def test_kernel_built_for_narrower_lanes_gives_the_same_images(extra, lanes, tmp_path, monkeypatch):
+    """The noise kernel built for 4-double lanes (AVX2) and for 2 (no AVX: the draw loop calls
+    libm's tan and exp) draws the images of the numba twins, as the machine's own build does."""
+    from nanobragg_torch import rng
+    from nanobragg_torch.backends import cbuild
+    from nanobragg_torch.noisify_program import NoisifyParams, _photon_noise_k
+    monkeypatch.setenv("NANOBRAGG_TORCH_CACHE", str(tmp_path))
+    lib = cbuild.Library("cnoise_test", cnoise._SOURCES, cnoise.FLAGS + extra, cnoise.ABI_VERSION, "noise kernel",
+                         "NANOBRAGG_TORCH_NO_CNOISE", "nb_noise_abi", cnoise._declare).load()
+    if lib is None:
+        pytest.skip("the compiler does not build for these lanes")
+    if lanes == 4 and lib.nb_noise_lanes() != 4:
+        pytest.skip("no AVX on this machine's compiler target")
+    assert lib.nb_noise_lanes() == lanes
+    img = _image(151, 131)
+    S, F = img.shape
+    for nthreads in (1, 2):
+        outs = []
+        for use_c in (True, False):
+            st = rng.CRandom()
+            seed = np.array([-7], dtype=np.int64)
+            out = np.zeros((S, F), np.uint16)
+            if use_c:
+                got = cnoise.noise(lib, img, 0, F - 1, 0, S - 1, 40.0, st._ist, st._fst, seed, out, nthreads=nthreads)
+            else:
+                rng.enable_jit()
+                got = rng._noise_k(img, 0, F - 1, 0, S - 1, 40.0, st._ist, st._fst, seed, out)
+            outs.append((out, float(got[0]), st._ist.copy(), int(seed[0])))
+        (a, *ra), (b, *rb) = outs
+        assert np.array_equal(a, b) and ra[0] == rb[0] and np.array_equal(ra[1], rb[1]) and ra[2] == rb[2]
+        flat = img.reshape(-1)
+        res = []
+        for use_c in (True, False):
+            st = rng.CRandom()
+            seed, cseed = np.array([-5], np.int64), np.array([-123456789], np.int64)
+            if use_c:
+                counts, total = cnoise.photon_noise(lib, flat, 0.0, 0.03, st._ist, st._fst, seed, cseed,
+                                                    nthreads=nthreads)
+            else:
+                drawn = np.empty(flat.shape[0], dtype=np.float64)
+                total = _photon_noise_k(flat, 0.0, 0.03, st._ist, st._fst, seed, cseed, drawn)
+                counts = drawn.astype(np.float32)
+            res.append((counts, float(total), int(seed[0]), int(cseed[0])))
+        assert np.array_equal(res[0][0], res[1][0]) and res[0][1:] == res[1][1:]
+    assert cnoise.lanes_check(lib, "tan", (1 << 30) - (1 << 16), 1 << 17)[0] == 0
+
+
 # ran1's LCG values where tan(PI u) is hardest: u near 0 (x near 0), near 1/4, 1/2 (the pole, where
 # fl(PI u) lies within 1e-16 of pi/2), 3/4 and 1, and random blocks; every float mean near the
 # ends of the set-up's range and around powers of two
