@@ -300,12 +300,14 @@ static inline int all_lanes(vl m)
 
 /* ---- poidev's set-up ahead of the stream ----------------------------------------------------- */
 #define PRE_BLOCK 256
+#define PRE_RING 16384        /* set-ups held (a multiple of PRE_BLOCK): entry q at q % PRE_RING */
 
 typedef struct {
     const float *means;       /* (n,) the means, in the order the stream draws them */
     int64_t n;
-    float *pre;               /* (n, 3) */
+    float *pre;               /* (PRE_RING, 3) */
     _Atomic int64_t ready;    /* entries [0, ready) are done (by the producer thread) */
+    _Atomic int64_t used;     /* the consumer is past entries [0, used) */
     int64_t known;            /* consumer's copy of ready */
     int threaded;
 } pre_job;
@@ -339,13 +341,15 @@ static void setup_vd(const float *means, float *pre)
     }
 }
 
+/* entries [lo, hi) (one block: they do not wrap round the ring) */
 static void pre_range(pre_job *job, int64_t lo, int64_t hi)
 {
     int64_t q = lo;
+    float *o = job->pre + 3 * (lo % PRE_RING) - 3 * lo;     /* o + 3 q: entry q's slot */
     if (DERIVED)
-        for (; q + NL <= hi; q += NL) setup_vd(job->means + q, job->pre + 3 * q);
+        for (; q + NL <= hi; q += NL) setup_vd(job->means + q, o + 3 * q);
     for (; q < hi; ++q)
-        poidev_setup(f32((double)job->means[q]), job->pre + 3 * q);
+        poidev_setup(f32((double)job->means[q]), o + 3 * q);
 }
 
 /* the set-up of entry q (waits for the producer, or computes a block itself) */
@@ -354,15 +358,19 @@ static inline const float *pre_get(pre_job *c, int64_t q)
     if (!c->pre) return NULL;
     if (q >= c->known) {
         if (c->threaded) {
-            while ((c->known = atomic_load_explicit(&c->ready, memory_order_acquire)) <= q)
+            atomic_store_explicit(&c->used, q, memory_order_release);
+            int64_t ready;
+            while ((ready = atomic_load_explicit(&c->ready, memory_order_acquire)) <= q)
                 sched_yield();
+            /* back here after a block at most, to tell the producer what was used */
+            c->known = ready < q + PRE_BLOCK ? ready : q + PRE_BLOCK;
         } else {
             int64_t hi = q + PRE_BLOCK < c->n ? q + PRE_BLOCK : c->n;
             pre_range(c, q, hi);
             c->known = hi;
         }
     }
-    return c->pre + 3 * q;
+    return c->pre + 3 * (q % PRE_RING);
 }
 
 /* ---- the stream and what the draws compute from one output ------------------------------------
@@ -562,7 +570,7 @@ static void *producer_main(void *arg)
         pre_job *j = P->pre;
         if (j && j->pre) {
             int64_t lo = atomic_load_explicit(&j->ready, memory_order_relaxed);
-            if (lo < j->n) {
+            if (lo < j->n && lo + PRE_BLOCK - atomic_load_explicit(&j->used, memory_order_acquire) <= PRE_RING) {
                 int64_t hi = lo + PRE_BLOCK < j->n ? lo + PRE_BLOCK : j->n;
                 pre_range(j, lo, hi);
                 atomic_store_explicit(&j->ready, hi, memory_order_release);
@@ -883,6 +891,7 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
     pre_job pj;
     memset(&pj, 0, sizeof(pj));
     atomic_init(&pj.ready, 0);
+    atomic_init(&pj.used, 0);
     if (f0 == 0 && w == nfast) {
         pj.means = img + s0 * nfast;
     } else {
@@ -894,7 +903,7 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
     }
     if (pj.means) {
         pj.n = w * h;
-        pj.pre = (float *)malloc(sizeof(float) * 3 * (size_t)pj.n);
+        pj.pre = (float *)malloc(sizeof(float) * 3 * PRE_RING);
     }
     rstream *rs = rs_open(seed[0]);
     if (!rs) {
@@ -952,10 +961,11 @@ static double photon_noise_impl(const float *photons, int64_t n, double flicker,
     pre_job pj;
     memset(&pj, 0, sizeof(pj));
     atomic_init(&pj.ready, 0);
+    atomic_init(&pj.used, 0);
     if (known && n > 0) {
         pj.means = photons;
         pj.n = n;
-        pj.pre = (float *)malloc(sizeof(float) * 3 * (size_t)n);
+        pj.pre = (float *)malloc(sizeof(float) * 3 * PRE_RING);
     }
     rstream *rs[2] = {rs_open(seed[0]), calib > 0.0 ? rs_open(cseed[0]) : NULL};
     if (!rs[0] || (calib > 0.0 && !rs[1])) {
@@ -1156,30 +1166,33 @@ static inline void psf_radius_one(const psf_job *j, double v, int32_t *radius, d
     }
 }
 
-static void psf_radius_row(psf_job *j, int64_t y)
+/* row y's radii (and its largest), and its lost photons into lost (the row's nx values) */
+static void psf_radius_row(psf_job *j, int64_t y, double *lost)
 {
-    for (int64_t i = y * j->nx; i < (y + 1) * j->nx; ++i) {
+    const int64_t i0 = y * j->nx;
+    for (int64_t x = 0; x < j->nx; ++x) {
+        const int64_t i = i0 + x;
         double v = (double)j->img[i];
         if (!(v > 0.0)) {
             j->radius[i] = -1;
-            j->lost[i] = 0.0;
+            lost[x] = 0.0;
         } else if (v < (double)j->tab_size && v == (double)(int64_t)v) {
             /* photon counts: the values of the table (the same function of v) */
             j->radius[i] = j->tab_radius[(int64_t)v];
-            j->lost[i] = j->tab_lost[(int64_t)v];
+            lost[x] = j->tab_lost[(int64_t)v];
         } else {
-            psf_radius_one(j, v, j->radius + i, j->lost + i);
+            psf_radius_one(j, v, j->radius + i, lost + x);
         }
     }
     int32_t m = -1;
-    for (int64_t i = y * j->nx; i < (y + 1) * j->nx; ++i)
+    for (int64_t i = i0; i < i0 + j->nx; ++i)
         if (j->radius[i] > m) m = j->radius[i];
     j->rowmax[y] = m;
 }
 
 static void psf_radius_rows(psf_job *j, int64_t y0, int64_t y1)
 {
-    for (int64_t y = y0; y < y1; ++y) psf_radius_row(j, y);
+    for (int64_t y = y0; y < y1; ++y) psf_radius_row(j, y, j->lost + y * j->nx);
 }
 
 
@@ -1331,7 +1344,8 @@ static void psf_parallel(psf_job *j, int64_t start, int nthreads)
 /* psf_job's buffers, and the radii and lost photons of the integers [0, tab_max] when tab_max >= 0
  * (the counts of a noise image); 0 when memory runs out */
 static int psf_job_init(psf_job *j, const float *img, int64_t nx, int64_t ny, int gauss, double fwhm, double g,
-                        int64_t user_radius, int64_t R, int wrap, const double *kernel, float *out, double tab_max)
+                        int64_t user_radius, int64_t R, int wrap, const double *kernel, float *out, double tab_max,
+                        int lost_rows)
 {
     int64_t n = nx * ny;
     memset(j, 0, sizeof(*j));
@@ -1340,7 +1354,9 @@ static int psf_job_init(psf_job *j, const float *img, int64_t nx, int64_t ny, in
     j->gauss = gauss; j->wrap = wrap; j->fwhm = fwhm; j->g = g; j->kernel = kernel; j->out = out;
     j->radius = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
     j->rowmax = (int32_t *)malloc(sizeof(int32_t) * (size_t)(ny > 0 ? ny : 1));
-    j->lost = (double *)malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    /* lost photons of every pixel (summed after the rows, in pixel order), or of lost_rows rows */
+    int64_t nl = lost_rows > 0 ? lost_rows * nx : n;
+    j->lost = (double *)malloc(sizeof(double) * (size_t)(nl > 0 ? nl : 1));
     if (!j->radius || !j->lost || !j->rowmax) return 0;
     if (tab_max >= 0.0 && tab_max < (double)(1 << 22)) {
         int64_t size = (int64_t)tab_max + 1;
@@ -1382,7 +1398,7 @@ double nb_psf(const float *img, int64_t nx, int64_t ny, int gauss, double fwhm, 
     int table = integers > n / 2 && vmax < (float)(1 << 22) && (double)vmax < 0.5 * (double)n;
     psf_job j;
     if (!psf_job_init(&j, img, nx, ny, gauss, fwhm, g, user_radius, R, wrap, kernel, out,
-                      table ? (double)vmax : -1.0)) {
+                      table ? (double)vmax : -1.0, 0)) {
         psf_job_free(&j);
         return -1.0;
     }
@@ -1414,8 +1430,8 @@ static void psf_follow_rows(psf_follow *F, int64_t rows)
 static void psf_phase0_next(psf_follow *F)
 {
     int64_t y = F->next0++, nx = F->j.nx;
-    psf_radius_row(&F->j, y);
-    const double *l = F->j.lost + y * nx;
+    psf_radius_row(&F->j, y, F->j.lost);          /* (one row's buffer: summed here, in order) */
+    const double *l = F->j.lost;
     for (int64_t x = 0; x < nx; ++x) F->total += l[x];
 }
 
@@ -1450,7 +1466,7 @@ double nb_photon_noise_psf(const float *photons, int64_t nx, int64_t ny, double 
 {
     int64_t n = nx * ny;
     psf_follow F;
-    if (!psf_job_init(&F.j, counts, nx, ny, gauss, fwhm, g, user_radius, R, wrap, kernel, out, tab_max)) {
+    if (!psf_job_init(&F.j, counts, nx, ny, gauss, fwhm, g, user_radius, R, wrap, kernel, out, tab_max, 1)) {
         psf_job_free(&F.j);
         return -1.0;
     }
