@@ -25,9 +25,10 @@ def _image(S=37, F=29, seed=3):
     return img
 
 
-def _noise_c_and_numba(frames, roi, seed, nthreads):
-    """nonBragg's noise images of ``frames`` in a row (one generator) by the C kernel and by the
-    numba twin: for each, a list of (image, photons, overloads, ist, fst, seed) per frame."""
+def _noise_c_and_numba(frames, roi, seed, nthreads, lib=None):
+    """nonBragg's noise images of ``frames`` in a row (one generator) by the C kernel (``lib``, or
+    the machine's build) and by the numba twin: for each, a list of (image, photons, overloads,
+    ist, fst, seed) per frame."""
     from nanobragg_torch import rng
     S, F = frames[0].shape
     x0, x1, y0, y1 = roi
@@ -39,7 +40,7 @@ def _noise_c_and_numba(frames, roi, seed, nthreads):
         for frame in frames:
             out = np.zeros((S, F), np.uint16)
             if use_c:
-                got = cnoise.noise(cnoise.load(), frame, x0, x1, y0, y1, 40.0, st._ist, st._fst, sd, out,
+                got = cnoise.noise(lib or cnoise.load(), frame, x0, x1, y0, y1, 40.0, st._ist, st._fst, sd, out,
                                    nthreads=nthreads)
             else:
                 rng.enable_jit()
@@ -78,7 +79,7 @@ def test_kernel_built_for_narrower_lanes_gives_the_same_images(extra, lanes, tmp
     libm's tan and exp) draws the images of the numba twins, as the machine's own build does."""
     from nanobragg_torch import rng
     from nanobragg_torch.backends import cbuild
-    from nanobragg_torch.noisify_program import NoisifyParams, _photon_noise_k
+    from nanobragg_torch.noisify_program import _photon_noise_k
     monkeypatch.setenv("NANOBRAGG_TORCH_CACHE", str(tmp_path))
     lib = cbuild.Library("cnoise_test", cnoise._SOURCES, cnoise.FLAGS + extra, cnoise.ABI_VERSION, "noise kernel",
                          "NANOBRAGG_TORCH_NO_CNOISE", "nb_noise_abi", cnoise._declare).load()
@@ -90,19 +91,7 @@ def test_kernel_built_for_narrower_lanes_gives_the_same_images(extra, lanes, tmp
     img = _image(151, 131)
     S, F = img.shape
     for nthreads in (1, 2):
-        outs = []
-        for use_c in (True, False):
-            st = rng.CRandom()
-            seed = np.array([-7], dtype=np.int64)
-            out = np.zeros((S, F), np.uint16)
-            if use_c:
-                got = cnoise.noise(lib, img, 0, F - 1, 0, S - 1, 40.0, st._ist, st._fst, seed, out, nthreads=nthreads)
-            else:
-                rng.enable_jit()
-                got = rng._noise_k(img, 0, F - 1, 0, S - 1, 40.0, st._ist, st._fst, seed, out)
-            outs.append((out, float(got[0]), st._ist.copy(), int(seed[0])))
-        (a, *ra), (b, *rb) = outs
-        assert np.array_equal(a, b) and ra[0] == rb[0] and np.array_equal(ra[1], rb[1]) and ra[2] == rb[2]
+        _assert_same_noise(_noise_c_and_numba([img], (0, F - 1, 0, S - 1), -7, nthreads, lib))
         flat = img.reshape(-1)
         res = []
         for use_c in (True, False):

@@ -371,17 +371,20 @@ def _count_bound(photons: np.ndarray, p: NoisifyParams) -> float:
     return top + 10.0 * math.sqrt(top) + 64.0
 
 
+def _psf_shape(p: NoisifyParams):
+    """(FWHM in pixels, the fibre PSF's g, Gaussian?, the C's edge rule?) of p's PSF."""
+    fwhm = p.psf_fwhm / p.pixel_size
+    return fwhm, fwhm * _psfc.FIBER_G_PER_FWHM, p.psf == "gauss", p.psf_edges == "c"
+
+
 def _noise_psf_c(photons: np.ndarray, p: NoisifyParams, ist, fst, seed, cseed, lib, say):
-    """The C kernel's draws with the PSF of the counts made behind them (one pass): (counts before
-    the PSF, photon sum, blurred image).  The kernel's radius is chosen for _count_bound (a larger
-    radius than the counts need gives the same image); should the counts need a larger one, the
-    PSF is made again with it.  The same images and lines as photon_noise then _psf_c."""
+    """The C kernel's draws with the PSF of the counts made behind them (one pass): (photon sum,
+    blurred image).  The kernel's radius is chosen for _count_bound (a larger radius than the
+    counts need gives the same image); should the counts need a larger one, the PSF is made again
+    with it.  The same images and lines as photon_noise then _psf_c."""
     from .backends import cnoise
     nx, ny = p.xpixels, p.ypixels
-    fwhm = p.psf_fwhm / p.pixel_size
-    g = fwhm * _psfc.FIBER_G_PER_FWHM
-    gauss = p.psf == "gauss"
-    wrap = p.psf_edges == "c"
+    fwhm, g, gauss, wrap = _psf_shape(p)
     bound = _count_bound(photons, p)
     maxwidth = max(nx, ny)
     rb = int(p.psf_radius) if p.psf_radius > 0 else _psfc.auto_radius(p.psf, fwhm, bound)
@@ -395,28 +398,25 @@ def _noise_psf_c(photons: np.ndarray, p: NoisifyParams, ist, fst, seed, cseed, l
     say("  applying PSF width = %s um" % _g(p.psf_fwhm * 1e6))
     radius = _psf_radius(p, fwhm, float(np.max(counts, initial=0.0)), say)
     if radius == 0:
-        return counts, total, np.zeros_like(counts)
+        return total, np.zeros_like(counts)
     if radius > rb:                       # a count above the bound: the PSF for its radius
         kern = cnoise.psf_kernel(lib, gauss, fwhm, g, radius)
         out, lost = cnoise.psf(lib, counts, nx, ny, gauss, fwhm, g, int(p.psf_radius), radius, wrap, kern)
     say("adding back %s lost photons" % _g(lost))
-    return counts, total, out
+    return total, out
 
 
 def _psf_c(photons: np.ndarray, p: NoisifyParams, say, lib=None) -> np.ndarray:
     """The C's apply_psf on a flat float32 image; returns a new flat float32 image."""
     nx, ny = p.xpixels, p.ypixels
     pixels = nx * ny
-    fwhm = p.psf_fwhm / p.pixel_size
-    g = fwhm * _psfc.FIBER_G_PER_FWHM
-    gauss = p.psf == "gauss"
+    fwhm, g, gauss, wrap = _psf_shape(p)
     if pixels == 0 or fwhm <= 0.0:
         return photons
     radius = _psf_radius(p, fwhm, float(np.max(photons, initial=0.0)) if p.psf_radius <= 0 else 0.0, say)
     if radius == 0:
         return np.zeros_like(photons)
     maxwidth = max(nx, ny)
-    wrap = p.psf_edges == "c"
     if lib is not None:
         from .backends import cnoise
         kern = cnoise.psf_kernel(lib, gauss, fwhm, g, radius)
@@ -506,7 +506,7 @@ def noisify_c(image: np.ndarray, p: NoisifyParams, impl: str = "auto", on_ideal=
         cseed = np.array([p.calib_seed], dtype=np.int64)
         fused = lib is not None and p.psf and p.psf_fwhm / p.pixel_size > 0.0 and flat.shape[0] > 0
         if fused:
-            _, total, counts = _noise_psf_c(photons, p, ist, fst, seed, cseed, lib, say)
+            total, counts = _noise_psf_c(photons, p, ist, fst, seed, cseed, lib, say)
         elif lib is not None:
             counts, total = cnoise.photon_noise(lib, photons, p.flicker, p.calibration, ist, fst, seed, cseed)
         else:

@@ -63,8 +63,6 @@ static inline double f32(double x) { return (double)(float)x; }
 
 int nb_noise_abi(void) { return 3; }
 
-
-/* gammln before its rounding to float */
 /* Numerical Recipes' gammln (Lanczos) before its rounding to float, with LOG for libm's log
  * (the scalar here, log_vd in lanes below): one text for both */
 #define GAMMLN_SERIES(xx, LOG, ONE)                                                               \
@@ -83,7 +81,6 @@ int nb_noise_abi(void) { return 3; }
 static double gammln_d(double xx) GAMMLN_SERIES(xx, log, 1.000000000190015)
 
 static double gammln(double xx) { return f32(gammln_d(xx)); }
-
 
 /* gammln(em + 1) for integer em in [0, size): the values the rejection loop meets most, filled
  * ahead (the range of the means plus ten standard deviations, so the table stays in cache);
@@ -171,7 +168,7 @@ static inline void poidev_setup(double xm, float *pre)
     double alxm = f32(log(xm));
     pre[0] = (float)sqrt(2.0 * xm);
     pre[1] = (float)alxm;
-    pre[2] = (float)(f32(xm * alxm) - gammln(f32(xm + 1.0)));
+    pre[2] = (float)(f32(xm * alxm) - gammln_f32(f32(xm + 1.0)));
 }
 
 /* ---- libm's results in SIMD lanes ----------------------------------------------------------
@@ -319,8 +316,8 @@ typedef struct {
 static inline vd gammln_vd(vd xx) GAMMLN_SERIES(xx, log_vd, vd_splat(1.000000000190015))
 
 /* poidev_setup of NL means in lanes (the lanes that are not certain, or not in the rejection
- * branch, by the scalar) */
-static void setup_vd(const float *means, float *pre)
+ * branch, by the scalar); returns how many lanes of the rejection branch took the scalar */
+static int setup_vd(const float *means, float *pre)
 {
     vf mf;
     __builtin_memcpy(&mf, means, sizeof mf);
@@ -332,6 +329,7 @@ static void setup_vd(const float *means, float *pre)
     ok &= round_sure_vd(G_d);
     vd g = f32_vd(xm * alxm) - f32_vd(G_d);
     vd two = xm * 2.0;
+    int scalar = 0;
     for (int l = 0; l < NL; ++l) {
         float *o = pre + 3 * l;
         if (ok[l]) {
@@ -340,8 +338,10 @@ static void setup_vd(const float *means, float *pre)
             o[2] = (float)g[l];
         } else {
             poidev_setup(xm[l], o);
+            scalar += xm[l] >= 12.0 && xm[l] <= 1.0e6;
         }
     }
+    return scalar;
 }
 
 /* entries [lo, hi) (one block: they do not wrap round the ring) */
@@ -382,10 +382,10 @@ static inline const float *pre_get(pre_job *c, int64_t q)
  * sequence ahead, in blocks, with what the draws compute from one output alone, in SIMD lanes:
  *   u = ran1's float,  y = (float)tan(PI u),  c = log(0.9 (1 + y y)),  L = log(u).
  * y must be libm's to the bit: a fast tan, and libm's tan where the float rounding of the fast
- * value is not certain (round_sure).  c and L serve
- * poidev's acceptance test (u > t, t = (float)(0.9 (1 + y y) exp(lnratio))), decided in logs
- * (L against c + lnratio) where the two differ by more than acc_eps, exactly (libm's exp) where
- * they do not.  The consumer keeps the shuffle table, with these values in its entries. */
+ * value is not certain (round_sure_vd).  c and L serve poidev's acceptance test (u > t,
+ * t = (float)(0.9 (1 + y y) exp(lnratio))), decided in logs (L against c + lnratio) where the
+ * two differ by more than acc_eps, exactly (libm's exp) where they do not.  The consumer keeps
+ * the shuffle table, with these values in its entries. */
 
 static inline int64_t lcg_next(int64_t idum)
 {
@@ -723,11 +723,21 @@ static double poidev_s(double xm_in, shuffle_t *sh, rstream *s, const producer *
     double xm = f32(xm_in);
     if (xm > 1.0e6)
         return f32(xm + sqrt(xm) * gaussdev_s(sh, s, P, ist, fst));
-    if (xm < 12.0) {
-        if (xm != fst[F_OLDM]) {
-            fst[F_OLDM] = xm;
-            fst[F_G] = pre ? (double)pre[2] : f32(exp(-xm));
+    if (xm != fst[F_OLDM]) {
+        /* the set-up of a new mean (the C keeps the last one's), made here without pre */
+        float own[3];
+        if (!pre) {
+            poidev_setup(xm, own);
+            pre = own;
         }
+        fst[F_OLDM] = xm;
+        if (!(xm < 12.0)) {                       /* (NaN too: the rejection branch, as the C) */
+            fst[F_SQ] = pre[0];
+            fst[F_ALXM] = pre[1];
+        }
+        fst[F_G] = pre[2];
+    }
+    if (xm < 12.0) {
         float g = (float)fst[F_G], t = 1.0f;
         double em = -1.0;
         do {
@@ -735,18 +745,6 @@ static double poidev_s(double xm_in, shuffle_t *sh, rstream *s, const producer *
             t = t * ran1_s(sh, s, P).u;
         } while (t > g);
         return em;
-    }
-    if (xm != fst[F_OLDM]) {
-        fst[F_OLDM] = xm;
-        if (pre) {
-            fst[F_SQ] = pre[0];
-            fst[F_ALXM] = pre[1];
-            fst[F_G] = pre[2];
-        } else {
-            fst[F_SQ] = f32(sqrt(2.0 * xm));
-            fst[F_ALXM] = f32(log(xm));
-            fst[F_G] = f32(f32(xm * fst[F_ALXM]) - gammln_f32(f32(xm + 1.0)));
-        }
     }
     const float sq = (float)fst[F_SQ], alxm = (float)fst[F_ALXM], g = (float)fst[F_G], xmf = (float)xm;
     for (;;) {
@@ -791,7 +789,8 @@ static inline uint32_t to_uint_via_i64(double a)
  *   in double ulps, stat[1] the lanes that took libm's tan, stat[2] and stat[3] the largest
  *   absolute errors of c and L (with 2-double lanes only u is made ahead: the others are 0);
  * which 1: poidev's set-up of the floats whose bit patterns are [v0, v0 + count): the number of
- *   set-ups that differ from the scalar's; stat[1] the lanes that took the scalar;
+ *   set-ups in lanes that differ from the scalar's (whose gammln is gammln_f32: which 2 checks
+ *   that against gammln); stat[1] the lanes that took the scalar;
  * which 2: gammln_f32 (Stirling's series) of those floats x in [12, 1e6], at f32(x + 1): the
  *   number that differ from gammln's; stat[0] the largest |series - gammln| before rounding,
  *   stat[1] the ones that took gammln.
@@ -857,7 +856,7 @@ int64_t nb_lanes_check(int which, int64_t v0, int64_t count, double *stat)
                 uint32_t bits = (uint32_t)(b + l < v0 + count ? b + l : v0);
                 memcpy(m + l, &bits, sizeof bits);
             }
-            setup_vd(m, fast);
+            stat[1] += setup_vd(m, fast);
             for (int l = 0; l < NL; ++l) {
                 float *r = ref + 3 * l;
                 r[0] = r[1] = r[2] = 0.0f;
@@ -867,16 +866,62 @@ int64_t nb_lanes_check(int which, int64_t v0, int64_t count, double *stat)
                 if (scalar) memcpy(f, r, sizeof(float) * 3);       /* not the lanes' branch */
                 if (memcmp(f, r, sizeof(float) * 3) != 0) ++bad;
             }
-            /* the lanes setup_vd left to the scalar: count them */
-            vd xm;
-            for (int l = 0; l < NL; ++l) xm[l] = (double)m[l];
-            vl ok = (xm >= 12.0) & (xm <= 1.0e6) & round_sure_vd(log_vd(xm)) &
-                     round_sure_vd(gammln_vd(f32_vd(xm + 1.0)));
-            for (int l = 0; l < NL; ++l) stat[1] += (xm[l] >= 12.0 && xm[l] <= 1.0e6) && !ok[l];
         }
         return bad;
     }
     return -1;
+}
+
+/* ---- a draw loop's state ------------------------------------------------------------------- */
+/* the seeds' streams (the seed, and the calibration seed or none), the shuffle table, the set-ups
+ * of means known ahead, the gammln table and the producer thread */
+typedef struct {
+    rstream *rs[2];
+    int64_t *seed[2];         /* the seed variables, written back by draws_close */
+    pre_job pj;
+    lg_table lgt;
+    shuffle_t sh;
+    producer P;
+} draws;
+
+/* ns seeds; means (n of them, or NULL) for the set-ups ahead; max_mean for the gammln table;
+ * follow (or NULL): work behind the loop.  0 when memory runs out (nothing to close). */
+static int draws_open(draws *D, int64_t **seeds, int ns, int64_t *ist, const float *means, int64_t n,
+                      double max_mean, int (*follow)(void *), void *follow_ctx, int nthreads)
+{
+    memset(D, 0, sizeof(*D));
+    atomic_init(&D->pj.ready, 0);
+    atomic_init(&D->pj.used, 0);
+    for (int k = 0; k < ns; ++k) {
+        D->seed[k] = seeds[k];
+        D->rs[k] = rs_open(seeds[k][0]);
+        if (!D->rs[k]) {
+            free(D->rs[0]);
+            return 0;
+        }
+    }
+    if (means && n > 0) {
+        D->pj.means = means;
+        D->pj.n = n;
+        D->pj.pre = (float *)malloc(sizeof(float) * 3 * PRE_RING);   /* (none: set-ups made per draw) */
+    }
+    lgt_init(&D->lgt, max_mean);
+    shuffle_open(&D->sh, ist);
+    producer_start(&D->P, D->rs, ns, means ? &D->pj : NULL, follow, follow_ctx, nthreads);
+    return 1;
+}
+
+static void draws_close(draws *D, int64_t *ist)
+{
+    producer_finish(&D->P);
+    shuffle_close(&D->sh, ist);
+    for (int k = 0; k < 2; ++k)
+        if (D->rs[k]) {
+            D->seed[k][0] = rs_seed(D->rs[k]);
+            free(D->rs[k]);
+        }
+    free(D->pj.pre);
+    free(D->lgt.v);
 }
 
 /* ---- nonBragg's noise image ------------------------------------------------------------- */
@@ -894,44 +939,28 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
     int64_t w = f1 - f0 + 1, h = s1 - s0 + 1, q = 0;
     *overloads = 0;
     if (w <= 0 || h <= 0) return 0.0;
-    float *means = NULL;
-    pre_job pj;
-    memset(&pj, 0, sizeof(pj));
-    atomic_init(&pj.ready, 0);
-    atomic_init(&pj.used, 0);
-    if (f0 == 0 && w == nfast) {
-        pj.means = img + s0 * nfast;
-    } else {
-        means = (float *)malloc(sizeof(float) * (size_t)(w * h));
-        if (means)
+    /* the means in the order they are drawn: the rows themselves, or the ROI's part copied */
+    const float *means = img + s0 * nfast;
+    float *copy = NULL;
+    if (f0 != 0 || w != nfast) {
+        means = copy = (float *)malloc(sizeof(float) * (size_t)(w * h));
+        if (copy)
             for (s = s0; s <= s1; ++s)
-                memcpy(means + (s - s0) * w, img + s * nfast + f0, sizeof(float) * (size_t)w);
-        pj.means = means;
-    }
-    if (pj.means) {
-        pj.n = w * h;
-        pj.pre = (float *)malloc(sizeof(float) * 3 * PRE_RING);
-    }
-    rstream *rs = rs_open(seed[0]);
-    if (!rs) {
-        free(pj.pre);
-        free(means);
-        return -1.0;
+                memcpy(copy + (s - s0) * w, img + s * nfast + f0, sizeof(float) * (size_t)w);
     }
     double max_mean = 0.0;
     for (s = s0; s <= s1; ++s) {
         double m = max_of(img + s * nfast + f0, w);
         if (m > max_mean) max_mean = m;
     }
-    lg_table lgt;
-    lgt_init(&lgt, max_mean);
-    shuffle_t sh;
-    shuffle_open(&sh, ist);
-    producer P;
-    producer_start(&P, &rs, 1, &pj, NULL, NULL, nthreads);
+    draws D;
+    if (!draws_open(&D, &seed, 1, ist, means, w * h, max_mean, NULL, NULL, nthreads)) {
+        free(copy);
+        return -1.0;
+    }
     for (s = s0; s <= s1; ++s) {
         for (f = f0; f <= f1; ++f, ++q) {
-            value = poidev_s((double)img[s * nfast + f], &sh, rs, &P, ist, fst, pre_get(&pj, q), &lgt);
+            value = poidev_s((double)img[s * nfast + f], &D.sh, D.rs[0], &D.P, ist, fst, pre_get(&D.pj, q), &D.lgt);
             photons += value;
             value += adc;
             if (value > 65535.0) {
@@ -941,13 +970,8 @@ double nb_noise(const float *img, int64_t nslow, int64_t nfast, int64_t xmin, in
             out[s * nfast + f] = to_ushort(value);
         }
     }
-    producer_finish(&P);
-    shuffle_close(&sh, ist);
-    seed[0] = rs_seed(rs);
-    free(rs);
-    free(pj.pre);
-    free(means);
-    free(lgt.v);
+    draws_close(&D, ist);
+    free(copy);
     *overloads = over;
     return photons;
 }
@@ -965,35 +989,21 @@ static double photon_noise_impl(const float *photons, int64_t n, double flicker,
 {
     double total = 0.0, p0, v;
     int known = !(flicker > 0.0) && !(calib > 0.0);    /* the means are the photons themselves */
-    pre_job pj;
-    memset(&pj, 0, sizeof(pj));
-    atomic_init(&pj.ready, 0);
-    atomic_init(&pj.used, 0);
-    if (known && n > 0) {
-        pj.means = photons;
-        pj.n = n;
-        pj.pre = (float *)malloc(sizeof(float) * 3 * PRE_RING);
-    }
-    rstream *rs[2] = {rs_open(seed[0]), calib > 0.0 ? rs_open(cseed[0]) : NULL};
-    if (!rs[0] || (calib > 0.0 && !rs[1])) {
-        free(rs[0]);
-        free(rs[1]);
-        free(pj.pre);
-        return -1.0;
-    }
-    lg_table lgt;
+    int64_t *seeds[2] = {seed, cseed};
     /* flicker and calibration scale the means by 1 + rms z (|z| < 7 in practice) */
-    lgt_init(&lgt, max_of(photons, n) * (1.0 + 7.0 * ((flicker > 0.0 ? flicker : 0.0) + (calib > 0.0 ? calib : 0.0))));
-    shuffle_t sh;
-    shuffle_open(&sh, ist);
-    producer P;
-    producer_start(&P, rs, rs[1] ? 2 : 1, known ? &pj : NULL, psf ? psf_follow_step : NULL, psf, nthreads);
+    double max_mean = max_of(photons, n) * (1.0 + 7.0 * ((flicker > 0.0 ? flicker : 0.0) + (calib > 0.0 ? calib : 0.0)));
+    draws D;
+    if (!draws_open(&D, seeds, calib > 0.0 ? 2 : 1, ist, known ? photons : NULL, n, max_mean,
+                    psf ? psf_follow_step : NULL, psf, nthreads))
+        return -1.0;
+    const float *pre = NULL;
     int64_t col = 0, row = 0;
     for (int64_t i = 0; i < n; ++i) {
         p0 = (double)photons[i];
-        if (flicker > 0.0) p0 *= 1.0 + flicker * gaussdev_s(&sh, rs[0], &P, ist, fst);
-        if (calib > 0.0) p0 *= 1.0 + calib * gaussdev_s(&sh, rs[1], &P, ist, fst);
-        v = poidev_s(p0, &sh, rs[0], &P, ist, fst, known ? pre_get(&pj, i) : NULL, &lgt);
+        if (flicker > 0.0) p0 *= 1.0 + flicker * gaussdev_s(&D.sh, D.rs[0], &D.P, ist, fst);
+        if (calib > 0.0) p0 *= 1.0 + calib * gaussdev_s(&D.sh, D.rs[1], &D.P, ist, fst);
+        if (known) pre = pre_get(&D.pj, i);
+        v = poidev_s(p0, &D.sh, D.rs[0], &D.P, ist, fst, pre, &D.lgt);
         counts[i] = (float)v;
         total += f32(v);
         if (psf && ++col == nx) {
@@ -1001,14 +1011,7 @@ static double photon_noise_impl(const float *photons, int64_t n, double flicker,
             psf_follow_rows(psf, ++row);
         }
     }
-    producer_finish(&P);
-    shuffle_close(&sh, ist);
-    seed[0] = rs_seed(rs[0]);
-    if (rs[1]) cseed[0] = rs_seed(rs[1]);
-    free(rs[0]);
-    free(rs[1]);
-    free(pj.pre);
-    free(lgt.v);
+    draws_close(&D, ist);
     return total;
 }
 
@@ -1054,21 +1057,15 @@ double nb_readout(const float *counts, int64_t n, double gain, double adc, doubl
 {
     double total = 0.0;
     int64_t over = 0;
-    rstream *rs = NULL;
-    shuffle_t sh;
-    producer P;
-    if (readout > 0.0) {
-        /* the read-out noise's draws: the seed's stream, made as the draws need it (no thread) */
-        rs = rs_open(seed[0]);
-        if (!rs) return -1.0;
-        shuffle_open(&sh, ist);
-        producer_start(&P, &rs, 1, NULL, NULL, NULL, 1);
-    }
+    draws D;
+    /* the read-out noise's draws: the seed's stream, made as the draws need it (no thread) */
+    int noisy = readout > 0.0;
+    if (noisy && !draws_open(&D, &seed, 1, ist, NULL, 0, 0.0, NULL, NULL, 1)) return -1.0;
     for (int64_t i = 0; i < n; ++i) {
         double p = (double)counts[i];
         total += p;
         double adu = p * gain + adc;
-        if (rs) adu += readout * gaussdev_s(&sh, rs, &P, ist, fst);
+        if (noisy) adu += readout * gaussdev_s(&D.sh, D.rs[0], &D.P, ist, fst);
         double a = adu * 1.0 + 0.0;
         if (a > 2147483647.0) {
             a = 2147483647.0;
@@ -1081,12 +1078,7 @@ double nb_readout(const float *counts, int64_t n, double gain, double adc, doubl
         }
         if (out16) out16[i] = to_ushort(a);
     }
-    if (rs) {
-        producer_finish(&P);
-        shuffle_close(&sh, ist);
-        seed[0] = rs_seed(rs);
-        free(rs);
-    }
+    if (noisy) draws_close(&D, ist);
     *overloads = over;
     return total;
 }
@@ -1388,6 +1380,13 @@ static void psf_job_free(psf_job *j)
     free(j->lost);
 }
 
+/* the lost photons spread evenly over the blurred image, as the C */
+static void psf_add_lost(float *out, int64_t n, double total)
+{
+    double add = total / (double)n;
+    for (int64_t i = 0; i < n; ++i) out[i] = (float)((double)out[i] + add);
+}
+
 /* noisify's apply_psf after the radius choice: out (nx*ny float32) = the blurred image plus the
  * lost photons spread evenly; returns the total of lost photons (summed in pixel order, as the C).
  * Returns -1 when memory runs out (nothing written). */
@@ -1415,8 +1414,7 @@ double nb_psf(const float *img, int64_t nx, int64_t ny, int gauss, double fwhm, 
     for (int64_t i = 0; i < n; ++i) total += j.lost[i];
     j.phase = 1;
     psf_parallel(&j, 0, nthreads);
-    double add = total / (double)n;
-    for (int64_t i = 0; i < n; ++i) out[i] = (float)((double)out[i] + add);
+    psf_add_lost(out, n, total);
     psf_job_free(&j);
     return total;
 }
@@ -1490,8 +1488,7 @@ double nb_photon_noise_psf(const float *photons, int64_t nx, int64_t ny, double 
     while (F.next0 < ny) psf_phase0_next(&F);
     F.j.phase = 1;
     psf_parallel(&F.j, F.next1, nthreads);
-    double add = F.total / (double)n;
-    for (int64_t i = 0; i < n; ++i) out[i] = (float)((double)out[i] + add);
+    psf_add_lost(out, n, F.total);
     *lost = F.total;
     psf_job_free(&F.j);
     return total;
