@@ -299,6 +299,28 @@ def test_amorphous_c_kernel_matches_numba_and_torch():
         assert amorphous_image(sample, det, beam, backend="auto", **kw).numpy().tobytes() == c.tobytes()
 
 
+
+@needs_c
+def test_amorphous_c_kernel_finds_the_intervals_of_a_fine_irregular_table():
+    # the C kernel finds a stol value's interval from a bucket's count (the numba kernel walks from
+    # the last pixel's): on a table of 4000 knots, dense in one part and sparse in another, that the
+    # image's stol values run below and above, the two images are the same bytes
+    from nanobragg_torch.config import BeamConfig, DetectorConfig
+    from nanobragg_torch.models import Beam, Detector
+    from nanobragg_torch.models.amorphous import AmorphousSample, StolTable, amorphous_image
+    rng = np.random.default_rng(7)
+    stol = np.unique(np.concatenate([rng.uniform(0.05, 0.08, 3000), rng.uniform(0.08, 0.3, 1000)]))
+    tab = StolTable(stol, 2.0 + np.sin(40 * stol) + rng.normal(0, 0.05, stol.size))
+    det = Detector(DetectorConfig(fpixels=61, spixels=47, pixel_size=1e-3, convention="custom", pivot="sample",
+                                  Fbeam=20e-3, Sbeam=10e-3, Fclose=20e-3, Sclose=10e-3), distance=0.03)
+    beam = Beam(BeamConfig(fluence=1e22, wavelength=1e-10))
+    sample = AmorphousSample(tab, thickness=1e-4)
+    for kw in (dict(oversample=3), dict(oversample=1, fmap=True), dict(oversample=2, roi=(3, 50, 2, 40))):
+        c = amorphous_image(sample, det, beam, backend="c", **kw).numpy()
+        n = amorphous_image(sample, det, beam, backend="numba", **kw).numpy()
+        assert c.tobytes() == n.tobytes()
+        assert np.count_nonzero(c) > c.size // 2
+
 @needs_c
 def test_amorphous_outputs_c_matches_numba():
     from nanobragg_torch.physics import amorphous_kernel as ak

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 int nb_amorphous_abi(void) { return 1; }
@@ -30,8 +31,75 @@ typedef struct {
     float *out;                     /* (S, F) */
 } nb_amorphous_params;
 
+/* The interval of a stol value is the number of knots <= stol (knots sorted: one answer, however
+ * it is found).  A walk from the last pixel's interval takes several unpredictable steps a
+ * sub-pixel on a fine table (water.stol: 10000 knots 5e-5 apart), so the walk starts from a
+ * bucket's count instead: nb buckets of equal width over [kmin, kmax], start[b] the count at
+ * bucket b's lower edge, kx the knots with +inf after the last. */
+typedef struct {
+    int64_t nb;                 /* 0: no buckets (fewer than two knots, or not sorted) */
+    double kmin, inv;           /* bucket of x: (x - kmin) * inv */
+    int32_t *start;             /* (nb,) */
+    double *kx;                 /* (nk + 1,) */
+} buckets_t;
+
+static void buckets_init(buckets_t *bk, const double *knots, int64_t nk)
+{
+    memset(bk, 0, sizeof(*bk));
+    if (nk < 2) return;
+    for (int64_t i = 0; i + 1 < nk; ++i)
+        if (!(knots[i] <= knots[i + 1])) return;           /* unsorted or NaN: the walk only */
+    double kmin = knots[0], span = knots[nk - 1] - kmin;
+    if (!(span > 0.0) || !isfinite(span)) return;
+    if (nk > INT32_MAX - 1) return;
+    int64_t nb = 2 * nk < (1 << 22) ? 2 * nk : (1 << 22);
+    bk->start = (int32_t *)malloc(sizeof(int32_t) * (size_t)nb);
+    bk->kx = (double *)malloc(sizeof(double) * (size_t)(nk + 1));
+    if (!bk->start || !bk->kx) {
+        free(bk->start);
+        free(bk->kx);
+        bk->start = NULL;
+        bk->kx = NULL;
+        return;
+    }
+    memcpy(bk->kx, knots, sizeof(double) * (size_t)nk);
+    bk->kx[nk] = INFINITY;
+    int64_t c = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        double edge = kmin + span * ((double)b / (double)nb);
+        while (c < nk && knots[c] <= edge) ++c;
+        bk->start[b] = (int32_t)c;
+    }
+    bk->nb = nb;
+    bk->kmin = kmin;
+    bk->inv = (double)nb / span;
+}
+
+static void buckets_free(buckets_t *bk)
+{
+    free(bk->start);
+    free(bk->kx);
+}
+
+/* the number of knots <= st: from the bucket's count, one step without a branch, then the walk
+ * (which ends at the same count from any start) */
+static inline int64_t interval_of(const buckets_t *bk, const double *knots, int64_t nk, double st)
+{
+    double t = (st - bk->kmin) * bk->inv;
+    int64_t b = t >= 0.0 ? (t < (double)bk->nb ? (int64_t)t : bk->nb - 1) : 0;    /* NaN: 0 */
+    int64_t lo = bk->start[b];
+    lo += bk->kx[lo] <= st;                   /* kx[nk] = inf: lo stays <= nk (but for st = inf) */
+    if (lo > nk) lo = nk;
+    lo += bk->kx[lo] <= st;
+    if (lo > nk) lo = nk;
+    while (lo < nk && knots[lo] <= st) ++lo;
+    while (lo > 0 && knots[lo - 1] > st) --lo;
+    return lo;
+}
+
 typedef struct {
     const nb_amorphous_params *p;
+    const buckets_t *bk;
     _Atomic int64_t next;
 } job_t;
 
@@ -52,7 +120,7 @@ static inline void pol_basis(const double *a, double ix, double iy, double iz, d
     *ex_ = ex / en; *ey_ = ey / en; *ez_ = ez / en;
 }
 
-static void render_row(const nb_amorphous_params *p, int64_t s)
+static void render_row(const nb_amorphous_params *p, const buckets_t *bk, int64_t s)
 {
     const int64_t F = p->F, O = p->O, nk = p->nk, nsrc = p->nsrc;
     const double sub = p->px / (double)O;
@@ -99,8 +167,12 @@ static void render_row(const nb_amorphous_params *p, int64_t s)
                     double qx = dx - ix, qy = dy - iy, qz = dz - iz;
                     double stol = (0.5 / p->lam[n]) * sqrt(qx * qx + qy * qy + qz * qz);
                     /* the number of knots <= stol is the interval, walked from the last one */
-                    while (lo < nk && p->knots[lo] <= stol) ++lo;
-                    while (lo > 0 && p->knots[lo - 1] > stol) --lo;
+                    if (bk->nb) {
+                        lo = interval_of(bk, p->knots, nk, stol);
+                    } else {
+                        while (lo < nk && p->knots[lo] <= stol) ++lo;
+                        while (lo > 0 && p->knots[lo - 1] > stol) --lo;
+                    }
                     const double *c = p->coef + 4 * lo;
                     double t = stol - p->org[lo];
                     Fbg = ((c[3] * t + c[2]) * t + c[1]) * t + c[0];
@@ -135,7 +207,7 @@ static void render_row(const nb_amorphous_params *p, int64_t s)
  * and each pixel's sum runs over sub-pixels and sources in the same order). */
 #define BLK 256
 
-static void render_row_blocks(const nb_amorphous_params *p, int64_t s)
+static void render_row_blocks(const nb_amorphous_params *p, const buckets_t *bk, int64_t s)
 {
     const int64_t F = p->F, O = p->O, nk = p->nk, nsrc = p->nsrc;
     const double sub = p->px / (double)O;
@@ -188,16 +260,43 @@ static void render_row_blocks(const nb_amorphous_params *p, int64_t s)
                         double qx = dxa[i] - ix, qy = dya[i] - iy, qz = dza[i] - iz;
                         stol[i] = h * sqrt(qx * qx + qy * qy + qz * qz);
                     }
-                    for (int64_t i = a; i < b; ++i) {
-                        const double st = stol[i];
-                        while (lo < nk && p->knots[lo] <= st) ++lo;
-                        while (lo > 0 && p->knots[lo - 1] > st) --lo;
-                        idx[i] = lo;
+                    if (bk->nb) {
+                        /* the bucket's count and two steps without a branch, for the block's
+                         * pixels (gathers); then the walk where that was not the count */
+                        const double kmin = bk->kmin, binv = bk->inv, nbm = (double)bk->nb;
+                        const int32_t *start = bk->start;
+                        const double *kx = bk->kx;
+                        for (int64_t i = a; i < b; ++i) {
+                            const double st = stol[i];
+                            double t = (st - kmin) * binv;
+                            t = t >= 0.0 ? t : 0.0;                   /* NaN: 0 */
+                            t = t < nbm ? t : nbm - 1.0;
+                            int64_t l = start[(int64_t)t];
+                            l += kx[l] <= st;
+                            l = l < nk ? l : nk;
+                            l += kx[l] <= st;
+                            l = l < nk ? l : nk;
+                            idx[i] = l;
+                        }
+                        for (int64_t i = a; i < b; ++i) {
+                            const double st = stol[i];
+                            int64_t l = idx[i];
+                            if (!((l == nk || p->knots[l] > st) && (l == 0 || p->knots[l - 1] <= st)))
+                                idx[i] = interval_of(bk, p->knots, nk, st);
+                        }
+                    } else {
+                        for (int64_t i = a; i < b; ++i) {
+                            const double st = stol[i];
+                            while (lo < nk && p->knots[lo] <= st) ++lo;
+                            while (lo > 0 && p->knots[lo - 1] > st) --lo;
+                            idx[i] = lo;
+                        }
                     }
+                    const double *coef = p->coef, *org = p->org;
                     for (int64_t i = a; i < b; ++i) {
-                        const double *c = p->coef + 4 * idx[i];
-                        double t = stol[i] - p->org[idx[i]];
-                        Fb[i] = ((c[3] * t + c[2]) * t + c[1]) * t + c[0];
+                        const int64_t k = idx[i];
+                        double t = stol[i] - org[k];
+                        Fb[i] = ((coef[4 * k + 3] * t + coef[4 * k + 2]) * t + coef[4 * k + 1]) * t + coef[4 * k];
                     }
                     if (nopolar) {
                         for (int64_t i = a; i < b; ++i) pol[i] = 1.0;
@@ -238,9 +337,9 @@ static void *worker(void *arg)
         int64_t s = atomic_fetch_add(&j->next, 1);
         if (s >= j->p->S) break;
         if (j->p->curved)
-            render_row(j->p, s);
+            render_row(j->p, j->bk, s);
         else
-            render_row_blocks(j->p, s);
+            render_row_blocks(j->p, j->bk, s);
     }
     return NULL;
 }
@@ -251,13 +350,17 @@ int nb_amorphous_render(const nb_amorphous_params *p, int nthreads)
     pthread_t th[64];
     int started = 0;
     job_t j;
+    buckets_t bk;
+    buckets_init(&bk, p->knots, p->nk);
     j.p = p;
+    j.bk = &bk;
     atomic_init(&j.next, 0);
     if (nthreads > 64) nthreads = 64;
     for (int t = 1; t < nthreads; ++t)
         if (pthread_create(&th[started], NULL, worker, &j) == 0) ++started;
     worker(&j);
     for (int t = 0; t < started; ++t) pthread_join(th[t], NULL);
+    buckets_free(&bk);
     return 0;
 }
 
