@@ -444,3 +444,21 @@ def test_random_noise_inputs_match_numba(case):
     assert np.array_equal(c.noise_adu, n.noise_adu) and np.array_equal(c.int_adu, n.int_adu)
     strip = lambda r: [x for x in r if not x.startswith("adding back")]      # noqa: E731
     assert strip(c.report) == strip(n.report)
+
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no idle scheduling policy on this OS")
+def test_background_threads_run_at_idle_priority_and_reraise():
+    # the threads that make the final images while the noise is drawn run at the idle policy,
+    # so that the draw threads never wait for a core one of them holds; the caller's is unchanged
+    from nanobragg_torch._thread import Background
+    from nanobragg_torch.cli.companion import Writer
+    assert Background(lambda: os.sched_getscheduler(0), idle=True).join() == os.SCHED_IDLE
+    assert Writer(lambda: os.sched_getscheduler(0)).join() == os.SCHED_IDLE
+    assert Background(lambda: os.sched_getscheduler(0)).join() == os.SCHED_OTHER
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+    def full():
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        Writer(full).join()

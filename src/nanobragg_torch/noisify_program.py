@@ -495,9 +495,9 @@ def noisify_c(image: np.ndarray, p: NoisifyParams, impl: str = "auto", on_ideal=
             return NoisifyResult(photons.reshape(shape), ideal["int_adu"], ideal["pgm"], None, report, ideal_lines)
         ideal_thread = None
     else:
-        # the noise-free images (and on_ideal) on a thread while the noise is drawn: the C kernels
-        # run without the GIL
-        ideal_thread = Background(make_ideal)
+        # the noise-free images (and on_ideal) on a thread while the noise is drawn (the C kernels
+        # run without the GIL), at idle priority: the draws' threads come first
+        ideal_thread = Background(make_ideal, idle=True)
 
     try:
         state = _rng.CRandom()

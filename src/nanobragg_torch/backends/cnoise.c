@@ -37,7 +37,10 @@
 #include <string.h>
 #include <time.h>
 #ifdef __linux__
+#include <linux/futex.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #define IA 16807
@@ -140,7 +143,9 @@ static inline int float_sure(double G, double tol)
     memcpy(&b, &f, sizeof b);
     int e = (int)((b >> 23) & 0xff);
     if (e <= 23 || e >= 255) return 0;
-    double uf = ldexp(1.0, e - 150);                   /* the float's ulp */
+    uint64_t ub = (uint64_t)(e - 150 + 1023) << 52;     /* the float's ulp, 2^(e - 150) (normal) */
+    double uf;
+    memcpy(&uf, &ub, sizeof uf);
     double below = (b & 0x7fffff) ? 0.5 * uf : 0.25 * uf;   /* a power of two: the float below is closer */
     double d = G - (double)f;
     /* more than tol inside the midpoints with the floats next to f */
@@ -298,6 +303,34 @@ static inline int all_lanes(vl m)
     return a != 0;
 }
 
+/* ---- the producer's bell ----------------------------------------------------------------------
+ * The producer thread sleeps when everything it makes is made as far ahead as the rings hold; the
+ * consumer rings the bell when a ring it reads is half empty (or when it has to wait, or at the
+ * end).  A futex on Linux: a sleeping producer leaves its core to the other threads (the image
+ * writers), where a yielding one keeps taking its turns.  Elsewhere the producer polls every
+ * 20 us.  The producer sets `sleeping` and checks for work again before it waits, the consumer
+ * publishes its progress and then takes `sleeping` (both seq_cst): one of them sees the other. */
+typedef struct {
+    _Atomic uint32_t word;    /* bumped at each ring: the futex word */
+    _Atomic int sleeping;     /* the producer is (about to be) waiting */
+} bell_t;
+
+static void bell_ring(bell_t *b)
+{
+    atomic_fetch_add(&b->word, 1u);
+#ifdef __linux__
+    syscall(SYS_futex, &b->word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+#endif
+}
+
+/* the consumer, after its progress is published: wake a sleeping producer (once a sleep) */
+static inline void bell_poke(bell_t *b)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&b->sleeping, memory_order_relaxed) && atomic_exchange(&b->sleeping, 0))
+        bell_ring(b);
+}
+
 /* ---- poidev's set-up ahead of the stream ----------------------------------------------------- */
 #define PRE_BLOCK 256
 #define PRE_RING 16384        /* set-ups held (a multiple of PRE_BLOCK): entry q at q % PRE_RING */
@@ -310,10 +343,33 @@ typedef struct {
     _Atomic int64_t used;     /* the consumer is past entries [0, used) */
     int64_t known;            /* consumer's copy of ready */
     int threaded;
+    bell_t *bell;             /* the producer's */
 } pre_job;
 
-/* gammln in lanes: the scalar's arithmetic with log_vd for libm's log */
-static inline vd gammln_vd(vd xx) GAMMLN_SERIES(xx, log_vd, vd_splat(1.000000000190015))
+/* Stirling's series in lanes (stirling() with log_vd for libm's log) */
+static inline vd stirling_vd(vd x)
+{
+    vd r = 1.0 / x, r2 = r * r;
+    return (x - 0.5) * log_vd(x) - x + 0.91893853320467274178 +
+           r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0))));
+}
+
+/* float_sure() in lanes (-1: certain); G finite */
+static inline vl float_sure_vd(vd G, vd tol)
+{
+    vf f = __builtin_convertvector(G, vf);
+    typedef int32_t vi __attribute__((vector_size(4 * NL)));
+    vi fb;
+    __builtin_memcpy(&fb, &f, sizeof fb);
+    vl b = __builtin_convertvector(fb, vl) & 0xffffffffLL;
+    vl e = (b >> 23) & 0xff;
+    vl ub = (e - 150 + 1023) << 52;                    /* the float's ulp (where e is in range) */
+    vd uf;
+    __builtin_memcpy(&uf, &ub, sizeof uf);
+    vd below = (vd)(((vl)(0.5 * uf) & ((b & 0x7fffff) != 0)) | ((vl)(0.25 * uf) & ((b & 0x7fffff) == 0)));
+    vd d = G - __builtin_convertvector(f, vd);
+    return (e > 23) & (e < 255) & (0.5 * uf - d > tol) & (d + below > tol);
+}
 
 /* poidev_setup of NL means in lanes (the lanes that are not certain, or not in the rejection
  * branch, by the scalar); returns how many lanes of the rejection branch took the scalar */
@@ -325,8 +381,12 @@ static int setup_vd(const float *means, float *pre)
     vd alxm_d = log_vd(xm);
     vl ok = (xm >= 12.0) & (xm <= 1.0e6) & round_sure_vd(alxm_d);
     vd alxm = f32_vd(alxm_d);
-    vd G_d = gammln_vd(f32_vd(xm + 1.0));
-    ok &= round_sure_vd(G_d);
+    /* gammln(xm + 1) by Stirling's series where its float is certain (gammln_f32 in lanes; the
+     * tolerance has log_vd's error, 4e-15 absolute, times x besides) */
+    vd x1 = f32_vd(xm + 1.0);
+    vd G_d = stirling_vd(x1);
+    vd aG = (vd)((vl)G_d & 0x7fffffffffffffffLL);
+    ok &= float_sure_vd(G_d, 4e-10 + 8.0 * 2.3e-16 * aG + 4e-15 * x1);
     vd g = f32_vd(xm * alxm) - f32_vd(G_d);
     vd two = xm * 2.0;
     int scalar = 0;
@@ -362,9 +422,13 @@ static inline const float *pre_get(pre_job *c, int64_t q)
     if (q >= c->known) {
         if (c->threaded) {
             atomic_store_explicit(&c->used, q, memory_order_release);
-            int64_t ready;
-            while ((ready = atomic_load_explicit(&c->ready, memory_order_acquire)) <= q)
+            int64_t ready = atomic_load_explicit(&c->ready, memory_order_acquire);
+            if (ready - q <= PRE_RING / 2) bell_poke(c->bell);
+            while (ready <= q) {
+                bell_poke(c->bell);
                 sched_yield();
+                ready = atomic_load_explicit(&c->ready, memory_order_acquire);
+            }
             /* back here after a block at most, to tell the producer what was used */
             c->known = ready < q + PRE_BLOCK ? ready : q + PRE_BLOCK;
         } else {
@@ -544,6 +608,8 @@ typedef struct {
     int (*follow)(void *);    /* work behind the consumer (one step; 0: nothing to do now), or NULL */
     void *follow_ctx;
     _Atomic int stop;
+    bell_t *bell;             /* (the consumer rings it through a const producer) */
+    bell_t bell_;
     pthread_t thread;
     int threaded;
 } producer;
@@ -553,6 +619,42 @@ static int rs_want(rstream *s)
     if (atomic_load_explicit(&s->start, memory_order_acquire) < 0) return 0;
     int64_t m = atomic_load_explicit(&s->made, memory_order_relaxed);
     return m + RB - atomic_load_explicit(&s->taken, memory_order_acquire) <= RING;
+}
+
+/* anything the producer could do now (without doing it; the follow step is tried in the loop) */
+static int producer_has_work(producer *P)
+{
+    for (int k = 0; k < P->ns; ++k)
+        if (rs_want(P->s[k])) return 1;
+    pre_job *j = P->pre;
+    if (j && j->pre) {
+        int64_t lo = atomic_load_explicit(&j->ready, memory_order_relaxed);
+        if (lo < j->n && lo + PRE_BLOCK - atomic_load_explicit(&j->used, memory_order_acquire) <= PRE_RING)
+            return 1;
+    }
+    return atomic_load_explicit(&P->stop, memory_order_relaxed);
+}
+
+static void producer_sleep(producer *P)
+{
+    bell_t *b = P->bell;
+    uint32_t w = atomic_load(&b->word);
+    atomic_store(&b->sleeping, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (producer_has_work(P) || (P->follow && P->follow(P->follow_ctx))) {
+        atomic_store(&b->sleeping, 0);
+        return;
+    }
+#ifdef __linux__
+    /* (a bounded wait: a missed ring would cost 2 ms, never a hang) */
+    struct timespec ts = {0, 2000000};
+    syscall(SYS_futex, &b->word, FUTEX_WAIT_PRIVATE, w, &ts, NULL, 0);
+#else
+    (void)w;
+    struct timespec ts = {0, 20000};
+    nanosleep(&ts, NULL);
+#endif
+    atomic_store(&b->sleeping, 0);
 }
 
 static void *producer_main(void *arg)
@@ -586,13 +688,12 @@ static void *producer_main(void *arg)
         if (!did && P->follow) did = P->follow(P->follow_ctx);
         if (did) {
             idle = 0;
-        } else if (++idle < 64) {
+        } else if (++idle < 4) {
             sched_yield();
         } else {
-            /* everything made ahead: let the other threads (the image writers) have the core; the
-             * rings hold far more than the sleep (with its timer slack, set to 5 us below) */
-            struct timespec ts = {0, 20000};
-            nanosleep(&ts, NULL);
+            /* everything made ahead: sleep until the consumer has read half a ring */
+            producer_sleep(P);
+            idle = 0;
         }
     }
     return NULL;
@@ -622,6 +723,10 @@ static void producer_start(producer *P, rstream **s, int ns, pre_job *pre, int (
     P->follow = follow;
     P->follow_ctx = follow_ctx;
     atomic_init(&P->stop, 0);
+    P->bell = &P->bell_;
+    atomic_init(&P->bell_.word, 0u);
+    atomic_init(&P->bell_.sleeping, 0);
+    if (pre) pre->bell = P->bell;
     if (nthreads > 1)
         P->threaded = pthread_create(&P->thread, NULL, producer_main, P) == 0;
     if (pre) pre->threaded = P->threaded && pre->pre != NULL;
@@ -631,6 +736,7 @@ static void producer_finish(producer *P)
 {
     if (P->threaded) {
         atomic_store(&P->stop, 1);
+        bell_ring(P->bell);
         pthread_join(P->thread, NULL);
     }
 }
@@ -671,9 +777,13 @@ __attribute__((noinline)) static void ran1_more(shuffle_t *sh, rstream *s, const
     }
     if (s->pos) atomic_store_explicit(&s->taken, s->pos, memory_order_release);
     if (P->threaded) {
-        int64_t made;
-        while ((made = atomic_load_explicit(&s->made, memory_order_acquire)) == s->pos)
+        int64_t made = atomic_load_explicit(&s->made, memory_order_acquire);
+        if (made - s->pos <= RING / 2) bell_poke(P->bell);
+        while (made == s->pos) {
+            bell_poke(P->bell);
             sched_yield();
+            made = atomic_load_explicit(&s->made, memory_order_acquire);
+        }
         /* back here after a block at most, to tell the producer what was taken */
         s->known = made < s->pos + RB ? made : s->pos + RB;
     } else {
@@ -997,12 +1107,29 @@ static double photon_noise_impl(const float *photons, int64_t n, double flicker,
                     psf ? psf_follow_step : NULL, psf, nthreads))
         return -1.0;
     const float *pre = NULL;
+    /* With calibration error only, every second pixel's mean is known a pixel early: its
+     * calibration is the gaussdev pair's cached half.  Its set-up is made then, before the draws
+     * of the pixel before it, whose mispredicted branches no longer hold it up (unless that
+     * pixel's mean is above 1e6: its draw takes the cached half). */
+    int ahead = !(flicker > 0.0) && calib > 0.0;
+    float buf[2][3];
+    int next = -1;                                      /* buf[next]: this pixel's set-up, made ahead */
     int64_t col = 0, row = 0;
     for (int64_t i = 0; i < n; ++i) {
         p0 = (double)photons[i];
         if (flicker > 0.0) p0 *= 1.0 + flicker * gaussdev_s(&D.sh, D.rs[0], &D.P, ist, fst);
         if (calib > 0.0) p0 *= 1.0 + calib * gaussdev_s(&D.sh, D.rs[1], &D.P, ist, fst);
-        if (known) pre = pre_get(&D.pj, i);
+        if (known) {
+            pre = pre_get(&D.pj, i);
+        } else if (ahead) {
+            pre = next >= 0 ? buf[next] : NULL;
+            next = -1;
+            if (ist[I_ISET] && i + 1 < n && f32(p0) <= 1.0e6) {
+                int k = pre == buf[0];
+                poidev_setup(f32((double)photons[i + 1] * (1.0 + calib * fst[F_GSET])), buf[k]);
+                next = k;
+            }
+        }
         v = poidev_s(p0, &D.sh, D.rs[0], &D.P, ist, fst, pre, &D.lgt);
         counts[i] = (float)v;
         total += f32(v);

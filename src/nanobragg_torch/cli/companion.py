@@ -131,4 +131,4 @@ class Writer(Background):
     returned and re-raises what it raised."""
 
     def __init__(self, job):
-        super().__init__(job if callable(job) else (lambda: write_all(job)))
+        super().__init__(job if callable(job) else (lambda: write_all(job)), idle=True)
