@@ -827,7 +827,7 @@ static double gaussdev_s(shuffle_t *sh, rstream *s, const producer *P, int64_t *
 /* poidev on stream s, with an optional precomputed set-up (pre, or NULL) and gammln table.
  * The float-typed arithmetic below is the C's float arithmetic (rng.py evaluates it in double
  * and rounds each result to float, which gives the same floats). */
-static double poidev_s(double xm_in, shuffle_t *sh, rstream *s, const producer *P, int64_t *ist, double *fst,
+static inline __attribute__((always_inline)) double poidev_s(double xm_in, shuffle_t *sh, rstream *s, const producer *P, int64_t *ist, double *fst,
                        const float *pre, const lg_table *lgt)
 {
     double xm = f32(xm_in);
