@@ -109,6 +109,14 @@ static void lgt_init(lg_table *t, double max_mean)
     t->size = n;
 }
 
+/* the same for em = floorf(e), e >= 0: the table's index from e itself (truncation is the floor),
+ * so the load does not wait for the floor (the draw loop's critical path) */
+static inline double gammln_floor1(float e, float em, const lg_table *t)
+{
+    if (e < (float)t->size) return (double)t->v[(int64_t)e];     /* (size <= 2^21: exact) */
+    return gammln(f32((double)em + 1.0));
+}
+
 static inline double gammln_em1(double em, const lg_table *t)
 {
     /* em: a non-negative integer value (floor of a float) */
@@ -339,7 +347,8 @@ typedef struct {
     const float *means;       /* (n,) the means, in the order the stream draws them */
     int64_t n;
     float *pre;               /* (PRE_RING, 3) */
-    _Atomic int64_t ready;    /* entries [0, ready) are done (by the producer thread) */
+    _Atomic int64_t ready;    /* entries [0, ready) are done (published in order) */
+    _Atomic int64_t claimed;  /* entries [0, claimed) are done or being made (a block at a time) */
     _Atomic int64_t used;     /* the consumer is past entries [0, used) */
     int64_t known;            /* consumer's copy of ready */
     int threaded;
@@ -415,7 +424,16 @@ static void pre_range(pre_job *job, int64_t lo, int64_t hi)
         poidev_setup(f32((double)job->means[q]), o + 3 * q);
 }
 
-/* the set-up of entry q (waits for the producer, or computes a block itself) */
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* The set-up of entry q.  With the producer thread: the blocks it made, and where it has not made
+ * the next one (it makes the streams' blocks first), the consumer claims that block and makes it
+ * itself, so the two threads share the work as their loads allow (the producer's core is shared
+ * with the image writers).  Without it: a block at a time here. */
 static inline const float *pre_get(pre_job *c, int64_t q)
 {
     if (!c->pre) return NULL;
@@ -424,10 +442,16 @@ static inline const float *pre_get(pre_job *c, int64_t q)
             atomic_store_explicit(&c->used, q, memory_order_release);
             int64_t ready = atomic_load_explicit(&c->ready, memory_order_acquire);
             if (ready - q <= PRE_RING / 2) bell_poke(c->bell);
-            while (ready <= q) {
-                bell_poke(c->bell);
-                sched_yield();
-                ready = atomic_load_explicit(&c->ready, memory_order_acquire);
+            if (ready <= q) {                           /* ready == q: a block's start */
+                int64_t cl = q, hi = q + PRE_BLOCK < c->n ? q + PRE_BLOCK : c->n;
+                if (atomic_compare_exchange_strong(&c->claimed, &cl, hi)) {
+                    pre_range(c, q, hi);
+                    atomic_store_explicit(&c->ready, hi, memory_order_release);
+                    ready = hi;
+                } else {
+                    /* the producer is making it: a block's work */
+                    while ((ready = atomic_load_explicit(&c->ready, memory_order_acquire)) <= q) CPU_RELAX();
+                }
             }
             /* back here after a block at most, to tell the producer what was used */
             c->known = ready < q + PRE_BLOCK ? ready : q + PRE_BLOCK;
@@ -628,7 +652,7 @@ static int producer_has_work(producer *P)
         if (rs_want(P->s[k])) return 1;
     pre_job *j = P->pre;
     if (j && j->pre) {
-        int64_t lo = atomic_load_explicit(&j->ready, memory_order_relaxed);
+        int64_t lo = atomic_load_explicit(&j->claimed, memory_order_acquire);
         if (lo < j->n && lo + PRE_BLOCK - atomic_load_explicit(&j->used, memory_order_acquire) <= PRE_RING)
             return 1;
     }
@@ -676,12 +700,17 @@ static void *producer_main(void *arg)
             }
         }
         pre_job *j = P->pre;
-        if (j && j->pre) {
-            int64_t lo = atomic_load_explicit(&j->ready, memory_order_relaxed);
+        if (!did && j && j->pre) {
+            /* the set-ups when the streams are full (the consumer makes a block it finds missing) */
+            int64_t lo = atomic_load_explicit(&j->claimed, memory_order_acquire);
             if (lo < j->n && lo + PRE_BLOCK - atomic_load_explicit(&j->used, memory_order_acquire) <= PRE_RING) {
                 int64_t hi = lo + PRE_BLOCK < j->n ? lo + PRE_BLOCK : j->n;
-                pre_range(j, lo, hi);
-                atomic_store_explicit(&j->ready, hi, memory_order_release);
+                if (atomic_compare_exchange_strong(&j->claimed, &lo, hi)) {
+                    pre_range(j, lo, hi);
+                    /* in order: the block before it may be the consumer's, still being made */
+                    while (atomic_load_explicit(&j->ready, memory_order_acquire) != lo) CPU_RELAX();
+                    atomic_store_explicit(&j->ready, hi, memory_order_release);
+                }
                 did = 1;
             }
         }
@@ -866,8 +895,9 @@ static inline __attribute__((always_inline)) double poidev_s(double xm_in, shuff
             c = e.c;
             em = sq * y + xmf;
         } while (em < 0.0f);
+        float e0 = em;
         em = floorf(em);
-        float lnratio = (em * alxm - (float)gammln_em1((double)em, lgt)) - g;
+        float lnratio = (em * alxm - (float)gammln_floor1(e0, em, lgt)) - g;
         rv a = ran1_s(sh, s, P);
         if (DERIVED) {
             double d = a.L - (c + (double)lnratio);
@@ -1001,6 +1031,7 @@ static int draws_open(draws *D, int64_t **seeds, int ns, int64_t *ist, const flo
 {
     memset(D, 0, sizeof(*D));
     atomic_init(&D->pj.ready, 0);
+    atomic_init(&D->pj.claimed, 0);
     atomic_init(&D->pj.used, 0);
     for (int k = 0; k < ns; ++k) {
         D->seed[k] = seeds[k];
