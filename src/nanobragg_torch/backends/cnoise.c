@@ -331,12 +331,57 @@ static void bell_ring(bell_t *b)
 #endif
 }
 
-/* the consumer, after its progress is published: wake a sleeping producer (once a sleep) */
+/* after one thread's progress is published: wake the other if it sleeps (once a sleep) */
 static inline void bell_poke(bell_t *b)
 {
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&b->sleeping, memory_order_relaxed) && atomic_exchange(&b->sleeping, 0))
         bell_ring(b);
+}
+
+/* sleep until the bell rings (its word moves from w) or ns pass; the caller set `sleeping` */
+static void bell_wait(bell_t *b, uint32_t w, long ns)
+{
+#ifdef __linux__
+    struct timespec ts = {0, ns};
+    syscall(SYS_futex, &b->word, FUTEX_WAIT_PRIVATE, w, &ts, NULL, 0);
+#else
+    (void)w;
+    struct timespec ts = {0, ns < 20000 ? ns : 20000};
+    nanosleep(&ts, NULL);
+#endif
+    atomic_store(&b->sleeping, 0);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* The draw loop's wait for the producer: until *ctr > q.  It rings the producer's bell (pbell),
+ * spins a little, then sleeps on its own (cbell), which the producer rings after each block it
+ * publishes.  Neither thread calls sched_yield: a yield can hand the core to an idle-priority
+ * writer for a whole time slice, where a waking thread takes it back at once. */
+static int64_t wait_past(_Atomic int64_t *ctr, int64_t q, bell_t *pbell, bell_t *cbell)
+{
+    int64_t v = atomic_load_explicit(ctr, memory_order_acquire);
+    for (int spin = 0; v <= q; ++spin) {
+        bell_poke(pbell);
+        if (spin < 64) {
+            CPU_RELAX();
+        } else {
+            uint32_t w = atomic_load(&cbell->word);
+            atomic_store(&cbell->sleeping, 1);
+            atomic_thread_fence(memory_order_seq_cst);
+            if (atomic_load_explicit(ctr, memory_order_acquire) > q)
+                atomic_store(&cbell->sleeping, 0);
+            else
+                bell_wait(cbell, w, 1000000);      /* (bounded: a missed ring costs 1 ms) */
+        }
+        v = atomic_load_explicit(ctr, memory_order_acquire);
+    }
+    return v;
 }
 
 /* ---- poidev's set-up ahead of the stream ----------------------------------------------------- */
@@ -352,7 +397,7 @@ typedef struct {
     _Atomic int64_t used;     /* the consumer is past entries [0, used) */
     int64_t known;            /* consumer's copy of ready */
     int threaded;
-    bell_t *bell;             /* the producer's */
+    bell_t *bell, *cbell;     /* the producer's and the consumer's */
 } pre_job;
 
 /* Stirling's series in lanes (stirling() with log_vd for libm's log) */
@@ -424,12 +469,6 @@ static void pre_range(pre_job *job, int64_t lo, int64_t hi)
         poidev_setup(f32((double)job->means[q]), o + 3 * q);
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-#define CPU_RELAX() __builtin_ia32_pause()
-#else
-#define CPU_RELAX() ((void)0)
-#endif
-
 /* The set-up of entry q.  With the producer thread: the blocks it made, and where it has not made
  * the next one (it makes the streams' blocks first), the consumer claims that block and makes it
  * itself, so the two threads share the work as their loads allow (the producer's core is shared
@@ -450,7 +489,7 @@ static inline const float *pre_get(pre_job *c, int64_t q)
                     ready = hi;
                 } else {
                     /* the producer is making it: a block's work */
-                    while ((ready = atomic_load_explicit(&c->ready, memory_order_acquire)) <= q) CPU_RELAX();
+                    ready = wait_past(&c->ready, q, c->bell, c->cbell);
                 }
             }
             /* back here after a block at most, to tell the producer what was used */
@@ -632,8 +671,8 @@ typedef struct {
     int (*follow)(void *);    /* work behind the consumer (one step; 0: nothing to do now), or NULL */
     void *follow_ctx;
     _Atomic int stop;
-    bell_t *bell;             /* (the consumer rings it through a const producer) */
-    bell_t bell_;
+    bell_t *bell, *cbell;     /* the producer's and the consumer's (rung through a const producer) */
+    bell_t bell_, cbell_;
     pthread_t thread;
     int threaded;
 } producer;
@@ -669,16 +708,7 @@ static void producer_sleep(producer *P)
         atomic_store(&b->sleeping, 0);
         return;
     }
-#ifdef __linux__
-    /* (a bounded wait: a missed ring would cost 2 ms, never a hang) */
-    struct timespec ts = {0, 2000000};
-    syscall(SYS_futex, &b->word, FUTEX_WAIT_PRIVATE, w, &ts, NULL, 0);
-#else
-    (void)w;
-    struct timespec ts = {0, 20000};
-    nanosleep(&ts, NULL);
-#endif
-    atomic_store(&b->sleeping, 0);
+    bell_wait(b, w, 2000000);       /* (bounded: a missed ring would cost 2 ms, never a hang) */
 }
 
 static void *producer_main(void *arg)
@@ -696,6 +726,7 @@ static void *producer_main(void *arg)
                 int64_t m = atomic_load_explicit(&s->made, memory_order_relaxed);
                 rs_fill(s, m);
                 atomic_store_explicit(&s->made, m + RB, memory_order_release);
+                bell_poke(P->cbell);
                 did = 1;
             }
         }
@@ -710,6 +741,7 @@ static void *producer_main(void *arg)
                     /* in order: the block before it may be the consumer's, still being made */
                     while (atomic_load_explicit(&j->ready, memory_order_acquire) != lo) CPU_RELAX();
                     atomic_store_explicit(&j->ready, hi, memory_order_release);
+                    bell_poke(P->cbell);
                 }
                 did = 1;
             }
@@ -717,8 +749,8 @@ static void *producer_main(void *arg)
         if (!did && P->follow) did = P->follow(P->follow_ctx);
         if (did) {
             idle = 0;
-        } else if (++idle < 4) {
-            sched_yield();
+        } else if (++idle < 32) {
+            CPU_RELAX();
         } else {
             /* everything made ahead: sleep until the consumer has read half a ring */
             producer_sleep(P);
@@ -753,9 +785,15 @@ static void producer_start(producer *P, rstream **s, int ns, pre_job *pre, int (
     P->follow_ctx = follow_ctx;
     atomic_init(&P->stop, 0);
     P->bell = &P->bell_;
+    P->cbell = &P->cbell_;
     atomic_init(&P->bell_.word, 0u);
     atomic_init(&P->bell_.sleeping, 0);
-    if (pre) pre->bell = P->bell;
+    atomic_init(&P->cbell_.word, 0u);
+    atomic_init(&P->cbell_.sleeping, 0);
+    if (pre) {
+        pre->bell = P->bell;
+        pre->cbell = P->cbell;
+    }
     if (nthreads > 1)
         P->threaded = pthread_create(&P->thread, NULL, producer_main, P) == 0;
     if (pre) pre->threaded = P->threaded && pre->pre != NULL;
@@ -808,11 +846,7 @@ __attribute__((noinline)) static void ran1_more(shuffle_t *sh, rstream *s, const
     if (P->threaded) {
         int64_t made = atomic_load_explicit(&s->made, memory_order_acquire);
         if (made - s->pos <= RING / 2) bell_poke(P->bell);
-        while (made == s->pos) {
-            bell_poke(P->bell);
-            sched_yield();
-            made = atomic_load_explicit(&s->made, memory_order_acquire);
-        }
+        if (made == s->pos) made = wait_past(&s->made, s->pos, P->bell, P->cbell);
         /* back here after a block at most, to tell the producer what was taken */
         s->known = made < s->pos + RB ? made : s->pos + RB;
     } else {
