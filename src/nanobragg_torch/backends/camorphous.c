@@ -81,20 +81,26 @@ static void buckets_free(buckets_t *bk)
     free(bk->kx);
 }
 
-/* the number of knots <= st: from the bucket's count, one step without a branch, then the walk
- * (which ends at the same count from any start) */
-static inline int64_t interval_of(const buckets_t *bk, const double *knots, int64_t nk, double st)
+/* the number of knots <= st, walked from lo (the same count from any start) */
+static inline int64_t interval_walk(const double *knots, int64_t nk, int64_t lo, double st)
 {
-    double t = (st - bk->kmin) * bk->inv;
-    int64_t b = t >= 0.0 ? (t < (double)bk->nb ? (int64_t)t : bk->nb - 1) : 0;    /* NaN: 0 */
-    int64_t lo = bk->start[b];
-    lo += bk->kx[lo] <= st;                   /* kx[nk] = inf: lo stays <= nk (but for st = inf) */
-    if (lo > nk) lo = nk;
-    lo += bk->kx[lo] <= st;
-    if (lo > nk) lo = nk;
     while (lo < nk && knots[lo] <= st) ++lo;
     while (lo > 0 && knots[lo - 1] > st) --lo;
     return lo;
+}
+
+/* a start for the walk: the bucket's count and two steps without a branch (most often the count
+ * itself; branch-free, so a loop of it over a block's pixels is SIMD with gathers) */
+static inline int64_t interval_guess(const buckets_t *bk, int64_t nk, double st)
+{
+    double t = (st - bk->kmin) * bk->inv;
+    t = t >= 0.0 ? t : 0.0;                                  /* NaN: 0 */
+    t = t < (double)bk->nb ? t : (double)bk->nb - 1.0;
+    int64_t lo = bk->start[(int64_t)t];
+    lo += bk->kx[lo] <= st;                   /* kx[nk] = inf: lo stays <= nk (but for st = inf) */
+    lo = lo < nk ? lo : nk;
+    lo += bk->kx[lo] <= st;
+    return lo < nk ? lo : nk;
 }
 
 typedef struct {
@@ -166,13 +172,9 @@ static void render_row(const nb_amorphous_params *p, const buckets_t *bk, int64_
                     double ix = p->inc[3 * n], iy = p->inc[3 * n + 1], iz = p->inc[3 * n + 2];
                     double qx = dx - ix, qy = dy - iy, qz = dz - iz;
                     double stol = (0.5 / p->lam[n]) * sqrt(qx * qx + qy * qy + qz * qz);
-                    /* the number of knots <= stol is the interval, walked from the last one */
-                    if (bk->nb) {
-                        lo = interval_of(bk, p->knots, nk, stol);
-                    } else {
-                        while (lo < nk && p->knots[lo] <= stol) ++lo;
-                        while (lo > 0 && p->knots[lo - 1] > stol) --lo;
-                    }
+                    /* the number of knots <= stol is the interval, walked from the bucket's guess
+                     * (or the last one) */
+                    lo = interval_walk(p->knots, nk, bk->nb ? interval_guess(bk, nk, stol) : lo, stol);
                     const double *c = p->coef + 4 * lo;
                     double t = stol - p->org[lo];
                     Fbg = ((c[3] * t + c[2]) * t + c[1]) * t + c[0];
@@ -261,36 +263,12 @@ static void render_row_blocks(const nb_amorphous_params *p, const buckets_t *bk,
                         stol[i] = h * sqrt(qx * qx + qy * qy + qz * qz);
                     }
                     if (bk->nb) {
-                        /* the bucket's count and two steps without a branch, for the block's
-                         * pixels (gathers); then the walk where that was not the count */
-                        const double kmin = bk->kmin, binv = bk->inv, nbm = (double)bk->nb;
-                        const int32_t *start = bk->start;
-                        const double *kx = bk->kx;
-                        for (int64_t i = a; i < b; ++i) {
-                            const double st = stol[i];
-                            double t = (st - kmin) * binv;
-                            t = t >= 0.0 ? t : 0.0;                   /* NaN: 0 */
-                            t = t < nbm ? t : nbm - 1.0;
-                            int64_t l = start[(int64_t)t];
-                            l += kx[l] <= st;
-                            l = l < nk ? l : nk;
-                            l += kx[l] <= st;
-                            l = l < nk ? l : nk;
-                            idx[i] = l;
-                        }
-                        for (int64_t i = a; i < b; ++i) {
-                            const double st = stol[i];
-                            int64_t l = idx[i];
-                            if (!((l == nk || p->knots[l] > st) && (l == 0 || p->knots[l - 1] <= st)))
-                                idx[i] = interval_of(bk, p->knots, nk, st);
-                        }
+                        /* the guesses for the block's pixels (SIMD), then the walk from each
+                         * (no step where the guess is the count) */
+                        for (int64_t i = a; i < b; ++i) idx[i] = interval_guess(bk, nk, stol[i]);
+                        for (int64_t i = a; i < b; ++i) idx[i] = interval_walk(p->knots, nk, idx[i], stol[i]);
                     } else {
-                        for (int64_t i = a; i < b; ++i) {
-                            const double st = stol[i];
-                            while (lo < nk && p->knots[lo] <= st) ++lo;
-                            while (lo > 0 && p->knots[lo - 1] > st) --lo;
-                            idx[i] = lo;
-                        }
+                        for (int64_t i = a; i < b; ++i) idx[i] = lo = interval_walk(p->knots, nk, lo, stol[i]);
                     }
                     const double *coef = p->coef, *org = p->org;
                     for (int64_t i = a; i < b; ++i) {

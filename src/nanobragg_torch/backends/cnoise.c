@@ -66,7 +66,7 @@ static inline double f32(double x) { return (double)(float)x; }
 int nb_noise_abi(void) { return 3; }
 
 /* Numerical Recipes' gammln (Lanczos) before its rounding to float, with LOG for libm's log
- * (the scalar here, log_vd in lanes below): one text for both */
+ * (the scalar here; written to take lanes too, as STIRLING_SERIES below) */
 #define GAMMLN_SERIES(xx, LOG, ONE)                                                               \
     {                                                                                             \
         __typeof__(xx) x = (xx), y = (xx), tmp = x + 5.5, ser = (ONE);                            \
@@ -108,20 +108,15 @@ static void lgt_init(lg_table *t, double max_mean)
     t->size = n;
 }
 
-/* the same for em = floorf(e), e >= 0: the table's index from e itself (truncation is the floor),
- * so the load does not wait for the floor (the draw loop's critical path) */
+/* gammln(em + 1) for em = floorf(e), e >= 0: the table's value where em is in it, the table's
+ * index from e itself (truncation is the floor), so the load does not wait for the floor (the
+ * draw loop's critical path); other em computed */
 static inline double gammln_floor1(float e, float em, const lg_table *t)
 {
     if (e < (float)t->size) return (double)t->v[(int64_t)e];     /* (size <= 2^21: exact) */
     return gammln(f32((double)em + 1.0));
 }
 
-static inline double gammln_em1(double em, const lg_table *t)
-{
-    /* em: a non-negative integer value (floor of a float) */
-    if (em < (double)t->size) return (double)t->v[(int64_t)em];
-    return gammln(f32(em + 1.0));
-}
 
 static double max_of(const float *a, int64_t n)
 {
@@ -135,12 +130,14 @@ static double max_of(const float *a, int64_t n)
  * certain, gammln where not.  Stirling's series is within 2e-10 of lnGamma, gammln (Lanczos) too,
  * and the two double evaluations round within a few ulp; tol holds both (scripts/
  * check_fast_functions.py compares every float mean's set-up with the plain one). */
-static inline double stirling(double x)
-{
-    double r = 1.0 / x, r2 = r * r;
-    return (x - 0.5) * log(x) - x + 0.91893853320467274178 +
-           r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0))));
-}
+#define STIRLING_SERIES(xx, LOG)                                                                  \
+    {                                                                                             \
+        __typeof__(xx) x = (xx), r = 1.0 / x, r2 = r * r;                                         \
+        return (x - 0.5) * LOG(x) - x + 0.91893853320467274178 +                                  \
+               r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0)))); \
+    }
+
+static inline double stirling(double xx) STIRLING_SERIES(xx, log)
 
 /* is the float of G certain when G is within tol of the value rounded? */
 static inline int float_sure(double G, double tol)
@@ -159,7 +156,9 @@ static inline int float_sure(double G, double tol)
     return 0.5 * uf - d > tol && d + below > tol;
 }
 
-#define STIRLING_TOL(G) (4e-10 + 8.0 * 2.3e-16 * fabs(G))
+/* the tolerance for Stirling's series of value G, from |G| (scalar or lanes) */
+#define STIRLING_TOL_ABS(aG) (4e-10 + 8.0 * 2.3e-16 * (aG))
+#define STIRLING_TOL(G) STIRLING_TOL_ABS(fabs(G))
 
 static inline double gammln_f32(double x)
 {
@@ -400,12 +399,7 @@ typedef struct {
 } pre_job;
 
 /* Stirling's series in lanes (stirling() with log_vd for libm's log) */
-static inline vd stirling_vd(vd x)
-{
-    vd r = 1.0 / x, r2 = r * r;
-    return (x - 0.5) * log_vd(x) - x + 0.91893853320467274178 +
-           r * (1.0 / 12.0 - r2 * (1.0 / 360.0 - r2 * (1.0 / 1260.0 - r2 * (1.0 / 1680.0))));
-}
+static inline vd stirling_vd(vd xx) STIRLING_SERIES(xx, log_vd)
 
 /* float_sure() in lanes (-1: certain); G finite */
 static inline vl float_sure_vd(vd G, vd tol)
@@ -439,7 +433,7 @@ static int setup_vd(const float *means, float *pre)
     vd x1 = f32_vd(xm + 1.0);
     vd G_d = stirling_vd(x1);
     vd aG = (vd)((vl)G_d & 0x7fffffffffffffffLL);
-    ok &= float_sure_vd(G_d, 4e-10 + 8.0 * 2.3e-16 * aG + 4e-15 * x1);
+    ok &= float_sure_vd(G_d, STIRLING_TOL_ABS(aG) + 4e-15 * x1);
     vd g = f32_vd(xm * alxm) - f32_vd(G_d);
     vd two = xm * 2.0;
     int scalar = 0;
@@ -683,17 +677,21 @@ static int rs_want(rstream *s)
     return m + RB - atomic_load_explicit(&s->taken, memory_order_acquire) <= RING;
 }
 
+/* the start of the next set-up block to make (*lo), if there is one and the ring has room for it */
+static int pre_want(pre_job *j, int64_t *lo)
+{
+    if (!j || !j->pre) return 0;
+    *lo = atomic_load_explicit(&j->claimed, memory_order_acquire);
+    return *lo < j->n && *lo + PRE_BLOCK - atomic_load_explicit(&j->used, memory_order_acquire) <= PRE_RING;
+}
+
 /* anything the producer could do now (without doing it; the follow step is tried in the loop) */
 static int producer_has_work(producer *P)
 {
     for (int k = 0; k < P->ns; ++k)
         if (rs_want(P->s[k])) return 1;
-    pre_job *j = P->pre;
-    if (j && j->pre) {
-        int64_t lo = atomic_load_explicit(&j->claimed, memory_order_acquire);
-        if (lo < j->n && lo + PRE_BLOCK - atomic_load_explicit(&j->used, memory_order_acquire) <= PRE_RING)
-            return 1;
-    }
+    int64_t lo;
+    if (pre_want(P->pre, &lo)) return 1;
     return atomic_load_explicit(&P->stop, memory_order_relaxed);
 }
 
@@ -730,20 +728,18 @@ static void *producer_main(void *arg)
             }
         }
         pre_job *j = P->pre;
-        if (!did && j && j->pre) {
+        int64_t lo;
+        if (!did && pre_want(j, &lo)) {
             /* the set-ups when the streams are full (the consumer makes a block it finds missing) */
-            int64_t lo = atomic_load_explicit(&j->claimed, memory_order_acquire);
-            if (lo < j->n && lo + PRE_BLOCK - atomic_load_explicit(&j->used, memory_order_acquire) <= PRE_RING) {
-                int64_t hi = lo + PRE_BLOCK < j->n ? lo + PRE_BLOCK : j->n;
-                if (atomic_compare_exchange_strong(&j->claimed, &lo, hi)) {
-                    pre_range(j, lo, hi);
-                    /* in order: the block before it may be the consumer's, still being made */
-                    while (atomic_load_explicit(&j->ready, memory_order_acquire) != lo) CPU_RELAX();
-                    atomic_store_explicit(&j->ready, hi, memory_order_release);
-                    bell_poke(P->cbell);
-                }
-                did = 1;
+            int64_t hi = lo + PRE_BLOCK < j->n ? lo + PRE_BLOCK : j->n;
+            if (atomic_compare_exchange_strong(&j->claimed, &lo, hi)) {
+                pre_range(j, lo, hi);
+                /* in order: the block before it may be the consumer's, still being made */
+                while (atomic_load_explicit(&j->ready, memory_order_acquire) != lo) CPU_RELAX();
+                atomic_store_explicit(&j->ready, hi, memory_order_release);
+                bell_poke(P->cbell);
             }
+            did = 1;
         }
         if (!did && P->follow) did = P->follow(P->follow_ctx);
         if (did) {
